@@ -1,0 +1,82 @@
+# ClusterFormer entry points. The two commands of the README quick start are `make run` and
+# `make test`; each creates what it needs first. Everything else here is a building block.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+MODERN_VENV ?= .venv-modern
+PY := $(VENV)/bin/python
+MODERN_PY := $(MODERN_VENV)/bin/python
+# The CUDA kernels are compiled (not run) in the modern environment; Hopper is the lent GPU.
+CUDA_ARCHS ?= 9.0
+RUN_CONFIG ?= configs/shapes/panoptic-segmentation/clusterformer_nano.yaml
+RUN_OUTPUT ?= output/shapes_panoptic
+PYTEST_ARGS ?=
+
+export PYTHONDONTWRITEBYTECODE := 1
+export MPLBACKEND := Agg
+
+.PHONY: help env env-modern build build-modern run test test-reference test-modern lint format clean
+
+help:
+	@echo "make run    - set up .venv if missing, train + evaluate the shapes model, write output/"
+	@echo "make test   - set up both environments if missing, run the whole test suite"
+	@echo "make lint   - ruff check + format check"
+
+# ---- environments -------------------------------------------------------------------------
+$(VENV)/.reference-ready: requirements/reference.txt
+	@echo "==> creating the reference environment in $(VENV) (Python 3.10, torch 2.3.1, detectron2)"
+	rm -rf $(VENV)
+	"$$(tools/find_python.sh 3.10)" -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip<25" "setuptools<70" wheel
+	$(PY) -m pip install -q -r requirements/reference.txt
+	touch $@
+
+$(MODERN_VENV)/.modern-ready: requirements/modern.txt
+	@echo "==> creating the modern environment in $(MODERN_VENV) (Python 3.11+, torch from PyPI, no detectron2)"
+	rm -rf $(MODERN_VENV)
+	"$$(tools/find_python.sh 3.11 2>/dev/null || tools/find_python.sh 3.12)" -m venv $(MODERN_VENV)
+	$(MODERN_PY) -m pip install -q --upgrade pip setuptools wheel
+	$(MODERN_PY) -m pip install -q -r requirements/modern.txt
+	touch $@
+
+env: $(VENV)/.reference-ready
+env-modern: $(MODERN_VENV)/.modern-ready
+
+# Editable install; builds the C++ (CPU) op against the reference torch. Re-run on every call so
+# edited kernels are recompiled (ninja makes an up-to-date build a no-op).
+build: env
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+
+# The modern build compiles the CUDA kernels with the machine's nvcc even without a GPU, so a
+# CUDA compile error fails `make test`.
+build-modern: env-modern
+	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" $(MODERN_PY) setup.py -q build_ext --inplace
+
+# ---- the two README commands --------------------------------------------------------------
+run: build
+	$(PY) train_net.py --config-file $(RUN_CONFIG) --num-gpus 1 OUTPUT_DIR $(RUN_OUTPUT) MODEL.DEVICE cpu
+	$(PY) tools/summarize_run.py $(RUN_OUTPUT)
+
+test: test-reference test-modern
+
+test-reference: build
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The detectron2-free core tests. Both builds live in clusterformer/ side by side: the extension's
+# file name carries the interpreter's ABI tag (cpython-310 / cpython-31x).
+test-modern: build-modern
+	$(MODERN_PY) -m pytest tests/core $(PYTEST_ARGS)
+
+# ---- developer helpers --------------------------------------------------------------------
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: env
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf build output clusterformer/*.so *.egg-info

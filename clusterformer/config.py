@@ -1,0 +1,161 @@
+"""Config keys of ClusterFormer, added to a Detectron2 ``CfgNode`` by :func:`add_clusterformer_config`.
+
+Naming follows Mask2Former where the concept is the same (``MODEL.SEM_SEG_HEAD`` for the pixel
+decoder, ``INPUT.DATASET_MAPPER_NAME``, ``SOLVER.BACKBONE_MULTIPLIER``) so its users find their way.
+ClusterFormer-specific parts live in ``MODEL.CLUSTERFORMER`` (the backbone, as ``MODEL.SWIN`` is
+Swin's) and ``MODEL.CLUSTER_DECODER`` (the clustering transformer decoder, matcher, losses and
+inference switches; Mask2Former's ``MODEL.MASK_FORMER``). Every ambiguous choice of the paper is a
+key here; docs/design_choices.md gives the default and the measurement that chose it.
+"""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_backbone_config(cfg: CN) -> None:
+    """``MODEL.CLUSTERFORMER``: the image-level clustering backbone (method.md §1). Defaults = tiny."""
+    cfg.MODEL.CLUSTERFORMER = CN()
+    c = cfg.MODEL.CLUSTERFORMER
+    c.EMBED_DIMS = [96, 192, 384, 768]
+    c.DEPTHS = [2, 2, 6, 2]
+    c.MLP_RATIOS = [8.0, 8.0, 4.0, 4.0]
+    c.HEAD_DIM = 32
+    c.WINDOW_SIZE = 7
+    # Centres per window are initialised by adaptive average pooling to a k x k grid.
+    c.CENTERS_PER_WINDOW = 2
+    # T, the recurrent clustering iterations (shared weights).
+    c.ITERATIONS = 3
+    # E-step logit scale: "none" (first code upload) or "inv_sqrt_dim" (1/sqrt(head dim)).
+    c.TEMPERATURE = "none"
+    # M-step: "mean" (divide by the assignment mass of each centre) or "sum" (first code upload).
+    c.MSTEP_NORMALIZATION = "mean"
+    # E-step softmax axis: "clusters" (the paper) or "tokens" (ordinary cross-attention, ablation).
+    c.ASSIGNMENT_SOFTMAX = "clusters"
+    # Feature dispatching: "soft" (paper Eq. 6) or "hard" (released code, argmax centre).
+    c.DISPATCH = "soft"
+    c.LAYER_SCALE_INIT = 1e-5
+    c.DROP_PATH_RATE = 0.1
+    c.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+
+def add_classification_config(cfg: CN) -> None:
+    """``MODEL.CLASSIFIER`` and ``INPUT.CLASSIFICATION``: the image-level task (ImageNet recipe)."""
+    cfg.MODEL.CLASSIFIER = CN()
+    c = cfg.MODEL.CLASSIFIER
+    c.NUM_CLASSES = 1000
+    # Global pooling of "last_stage" features, or the released code's "all_stages" concatenation.
+    c.POOLING = "last_stage"
+    c.LABEL_SMOOTHING = 0.1
+    c.MIXUP_ALPHA = 0.0
+    c.CUTMIX_ALPHA = 0.0
+    # Probability of applying Mixup/CutMix to a batch; CutMix is chosen with SWITCH_PROB when both on.
+    c.MIX_PROB = 1.0
+    c.MIX_SWITCH_PROB = 0.5
+
+    cfg.INPUT.CLASSIFICATION = CN()
+    i = cfg.INPUT.CLASSIFICATION
+    i.TRAIN_CROP = 224
+    i.TEST_RESIZE = 248
+    i.TEST_CROP = 224
+    i.RAND_AUGMENT = True
+    i.RAND_AUGMENT_MAGNITUDE = 9
+    i.RANDOM_ERASING = 0.25
+
+
+def add_segmentation_config(cfg: CN) -> None:
+    """Pixel decoder (``MODEL.SEM_SEG_HEAD``), clustering decoder, matcher, losses, inference."""
+    h = cfg.MODEL.SEM_SEG_HEAD
+    h.MASK_DIM = 256
+    h.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    h.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    h.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    h.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    h.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    h.TRANSFORMER_ENC_LAYERS = 6
+    h.CONVS_DIM = 256
+    h.COMMON_STRIDE = 4
+    h.NORM = "GN"
+
+    cfg.MODEL.CLUSTER_DECODER = CN()
+    d = cfg.MODEL.CLUSTER_DECODER
+    d.NUM_OBJECT_QUERIES = 100
+    d.HIDDEN_DIM = 256
+    d.NHEADS = 8
+    d.DIM_FEEDFORWARD = 2048
+    # Decoder layers, cycling over the three pixel-decoder scales (9 = 3 rounds).
+    d.DEC_LAYERS = 9
+    d.PRE_NORM = False
+    d.DROPOUT = 0.0
+    d.ENFORCE_INPUT_PROJ = False
+    # "clustering" (recurrent cross-attention clustering) or "masked_attention" (Mask2Former).
+    d.CROSS_ATTENTION = "clustering"
+    d.CLUSTERING_ITERATIONS = 3
+    d.DEEP_SUPERVISION = True
+    # Loss weights and matching costs (the same numbers, as in Mask2Former).
+    d.NO_OBJECT_WEIGHT = 0.1
+    d.CLASS_WEIGHT = 2.0
+    d.MASK_WEIGHT = 5.0
+    d.DICE_WEIGHT = 5.0
+    d.TRAIN_NUM_POINTS = 12544
+    d.OVERSAMPLE_RATIO = 3.0
+    d.IMPORTANCE_SAMPLE_RATIO = 0.75
+    d.SIZE_DIVISIBILITY = 32
+
+    d.TEST = CN()
+    d.TEST.SEMANTIC_ON = True
+    d.TEST.INSTANCE_ON = True
+    d.TEST.PANOPTIC_ON = True
+    d.TEST.DETECTION_ON = False
+    d.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    d.TEST.OVERLAP_THRESHOLD = 0.8
+    d.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+
+
+def add_detection_config(cfg: CN) -> None:
+    """Box-level clustering (method.md §3): boxes carried by the queries, box losses and costs."""
+    d = cfg.MODEL.CLUSTER_DECODER
+    d.BOX_ON = False
+    # Restrict each query's E-step to the tokens inside its current box.
+    d.BOX_RESTRICTED_ASSIGNMENT = True
+    d.BOX_L1_WEIGHT = 5.0
+    d.GIOU_WEIGHT = 2.0
+    # "softmax_ce" (Mask2Former) or "sigmoid_focal" (DETR-family detectors).
+    d.CLASS_LOSS = "softmax_ce"
+    d.FOCAL_ALPHA = 0.25
+    d.FOCAL_GAMMA = 2.0
+    d.MASK_ON = True
+
+
+def add_input_config(cfg: CN) -> None:
+    """Data-pipeline keys shared by the mappers (Mask2Former's names)."""
+    i = cfg.INPUT
+    i.DATASET_MAPPER_NAME = "coco_panoptic_lsj"
+    i.SIZE_DIVISIBILITY = -1
+    i.COLOR_AUG_SSD = False
+    # Large-scale jitter (COCO).
+    i.IMAGE_SIZE = 1024
+    i.MIN_SCALE = 0.1
+    i.MAX_SCALE = 2.0
+    i.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+
+
+def add_solver_config(cfg: CN) -> None:
+    """Optimiser keys: AdamW with per-parameter groups and full-model gradient clipping."""
+    s = cfg.SOLVER
+    s.OPTIMIZER = "ADAMW"
+    s.BACKBONE_MULTIPLIER = 0.1
+    s.WEIGHT_DECAY_EMBED = 0.0
+    s.POLY_LR_POWER = 0.9
+    s.POLY_LR_CONSTANT_ENDING = 0.0
+    s.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    s.CLIP_GRADIENTS.CLIP_VALUE = 0.01
+    s.CLIP_GRADIENTS.NORM_TYPE = 2.0
+
+
+def add_clusterformer_config(cfg: CN) -> None:
+    """Add every ClusterFormer key (with its default) to ``cfg``, a Detectron2 ``get_cfg()``."""
+    add_backbone_config(cfg)
+    add_classification_config(cfg)
+    add_segmentation_config(cfg)
+    add_detection_config(cfg)
+    add_input_config(cfg)
+    add_solver_config(cfg)

@@ -1,0 +1,5 @@
+"""Dataset mappers, selected by ``INPUT.DATASET_MAPPER_NAME`` (see :func:`build_dataset_mapper`)."""
+
+from .registry import DATASET_MAPPER_REGISTRY, build_dataset_mapper
+
+__all__ = ["DATASET_MAPPER_REGISTRY", "build_dataset_mapper"]

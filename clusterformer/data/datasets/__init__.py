@@ -1,0 +1,1 @@
+"""Data set registration (DatasetCatalog / MetadataCatalog)."""

@@ -1,0 +1,1 @@
+"""Detectron2 layer: the trainer (optimizer, scheduler, CPU/GPU distributed training)."""

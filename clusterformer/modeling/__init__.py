@@ -1,0 +1,6 @@
+"""The model core: plain PyTorch, importable without detectron2.
+
+``backbone`` (image-level clustering), ``ops`` (multi-scale deformable attention),
+``pixel_decoder``, ``transformer_decoder`` (query-level clustering), matcher, criterion and
+post-processing. ``meta_arch`` is the Detectron2 layer that wires them to configs and data.
+"""

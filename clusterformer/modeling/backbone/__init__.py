@@ -1,0 +1,1 @@
+"""Model core: backbone (no detectron2 imports)."""

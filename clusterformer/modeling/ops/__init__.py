@@ -1,0 +1,6 @@
+"""Ops of the model core. They import and run everywhere: compiled kernels when built, pure PyTorch
+otherwise."""
+
+from .ms_deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
+
+__all__ = ["MSDeformAttn", "ms_deform_attn", "ms_deform_attn_pytorch"]

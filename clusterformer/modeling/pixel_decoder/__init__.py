@@ -1,0 +1,1 @@
+"""Model core: pixel_decoder (no detectron2 imports)."""

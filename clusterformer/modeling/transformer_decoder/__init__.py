@@ -1,0 +1,1 @@
+"""Model core: transformer_decoder (no detectron2 imports)."""
