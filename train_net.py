@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Train and evaluate ClusterFormer with Detectron2 (every task: classification, detection,
+instance / semantic / panoptic segmentation; the config picks the model, data and evaluators).
+
+    python train_net.py --config-file configs/shapes/panoptic-segmentation/clusterformer_nano.yaml \
+        MODEL.DEVICE cpu
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file ... --num-gpus 2        # 2 processes (gloo on CPU, NCCL on GPU)
+"""
+
+import logging
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from clusterformer import add_clusterformer_config
+from clusterformer.engine import Trainer
+
+
+def setup(args):
+    """Config from the defaults, ``--config-file`` and trailing ``KEY VALUE`` overrides."""
+    cfg = get_cfg()
+    add_clusterformer_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clusterformer")
+    if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
+        # N processes on one machine share its cores; torch's default (all cores each) oversubscribes.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    logging.getLogger("clusterformer").info("Command line arguments: %s", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
