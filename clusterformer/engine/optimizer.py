@@ -69,13 +69,17 @@ def get_param_groups(
             lr = base_lr * (backbone_multiplier if name.startswith("backbone.") else 1.0)
             if isinstance(module, NORM_MODULE_TYPES):
                 wd = weight_decay_norm
-            elif isinstance(module, nn.Embedding) or any(k in name for k in EMBEDDING_NAME_KEYWORDS):
+            elif isinstance(module, nn.Embedding) or any(
+                k in name for k in EMBEDDING_NAME_KEYWORDS
+            ):
                 wd = weight_decay_embed
             elif param_name == "bias":
                 wd = weight_decay_bias
             else:
                 wd = weight_decay
-            group = groups.setdefault((lr, wd), {"params": [], "names": [], "lr": lr, "weight_decay": wd})
+            group = groups.setdefault(
+                (lr, wd), {"params": [], "names": [], "lr": lr, "weight_decay": wd}
+            )
             group["params"].append(param)
             group["names"].append(name)
     return list(groups.values())

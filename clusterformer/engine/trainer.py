@@ -71,7 +71,9 @@ class Trainer(DefaultTrainer):
         self._trainer = trainer_cls(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -81,7 +83,9 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg: CfgNode) -> nn.Module:
         model = build_model(cfg)
         n_params = sum(p.numel() for p in model.parameters())
-        n_backbone = sum(p.numel() for p in model.backbone.parameters()) if hasattr(model, "backbone") else 0
+        n_backbone = (
+            sum(p.numel() for p in model.backbone.parameters()) if hasattr(model, "backbone") else 0
+        )
         logger.info(
             "Model %s: %.2fM parameters (%.2fM in the backbone)",
             cfg.MODEL.META_ARCHITECTURE,
@@ -104,14 +108,16 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_dataset_mapper(cfg, is_train=False))
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=build_dataset_mapper(cfg, is_train=False)
+        )
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
         return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
-    def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None) -> "OrderedDict[str, Dict]":
+    def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None) -> OrderedDict[str, Dict]:
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

@@ -31,7 +31,9 @@ def _coco_tasks(cfg: CfgNode) -> tuple:
     return ("bbox", "segm") if cfg.MODEL.CLUSTER_DECODER.MASK_ON else ("bbox",)
 
 
-def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
+def build_evaluator(
+    cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+) -> DatasetEvaluator:
     """Evaluators for ``dataset_name``, chosen by its metadata's ``evaluator_type``.
 
     ``coco_panoptic_seg`` / ``ade20k_panoptic_seg`` combine the panoptic (panopticapi PQ),
@@ -46,7 +48,9 @@ def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None =
     evaluators: List[DatasetEvaluator] = []
     if evaluator_type in ("coco_panoptic_seg", "ade20k_panoptic_seg"):
         if test.SEMANTIC_ON:
-            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+            evaluators.append(
+                SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+            )
         if (test.INSTANCE_ON or test.DETECTION_ON) and meta.get("json_file", None):
             evaluators.append(
                 COCOEvaluator(dataset_name, tasks=_coco_tasks(cfg), output_dir=output_folder)
@@ -54,7 +58,9 @@ def build_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str | None =
         if test.PANOPTIC_ON:
             evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
     elif evaluator_type == "coco":
-        evaluators.append(COCOEvaluator(dataset_name, tasks=_coco_tasks(cfg), output_dir=output_folder))
+        evaluators.append(
+            COCOEvaluator(dataset_name, tasks=_coco_tasks(cfg), output_dir=output_folder)
+        )
     elif evaluator_type == "sem_seg":
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     elif evaluator_type == "classification":

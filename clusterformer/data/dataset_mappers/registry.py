@@ -17,5 +17,7 @@ def build_dataset_mapper(cfg: CfgNode, is_train: bool) -> Callable[[dict], dict]
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name not in DATASET_MAPPER_REGISTRY:
         known = ", ".join(sorted(k for k, _ in DATASET_MAPPER_REGISTRY))
-        raise KeyError(f"INPUT.DATASET_MAPPER_NAME={name!r} is not a registered mapper; known: {known}")
+        raise KeyError(
+            f"INPUT.DATASET_MAPPER_NAME={name!r} is not a registered mapper; known: {known}"
+        )
     return DATASET_MAPPER_REGISTRY.get(name)(cfg, is_train)

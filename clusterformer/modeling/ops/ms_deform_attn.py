@@ -44,7 +44,9 @@ def ms_deform_attn_pytorch(
         v = value_per_level[lvl].flatten(2).transpose(1, 2).reshape(N * M, D, int(h), int(w))
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+        sampled.append(
+            F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )
     # (N*M, D, Lq, L, P) weighted by (N*M, 1, Lq, L, P), summed over levels and points.
     stacked = torch.stack(sampled, dim=-2)
     weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L, P)
@@ -78,7 +80,9 @@ class MSDeformAttn(nn.Module):
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
         super().__init__()
         if d_model % n_heads != 0:
-            raise ValueError(f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+            raise ValueError(
+                f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads})"
+            )
         self.d_model = d_model
         self.n_levels = n_levels
         self.n_heads = n_heads
@@ -146,14 +150,17 @@ class MSDeformAttn(nn.Module):
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(N, S, M, C // M)
         offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-        weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
+        weights = (
+            self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
+        )
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: normalise by (W_l, H_l).
-            normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
-            locations = (
-                reference_points[:, :, None, :, None, :]
-                + offsets / normalizer[None, None, None, :, None, :].to(offsets.dtype)
+            normalizer = torch.stack(
+                [input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1
             )
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[
+                None, None, None, :, None, :
+            ].to(offsets.dtype)
         elif reference_points.shape[-1] == 4:
             locations = (
                 reference_points[:, :, None, :, None, :2]
@@ -164,5 +171,7 @@ class MSDeformAttn(nn.Module):
                 "MSDeformAttn: reference_points must end in 2 (points) or 4 (boxes), got "
                 f"{tuple(reference_points.shape)}"
             )
-        out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
+        out = ms_deform_attn(
+            value, input_spatial_shapes, input_level_start_index, locations, weights
+        )
         return self.output_proj(out)
