@@ -54,6 +54,8 @@ def add_classification_config(cfg: CN) -> None:
     cfg.INPUT.CLASSIFICATION = CN()
     i = cfg.INPUT.CLASSIFICATION
     i.TRAIN_CROP = 224
+    # RandomResizedCrop's area range (Inception-style crops).
+    i.CROP_SCALE = (0.08, 1.0)
     i.TEST_RESIZE = 248
     i.TEST_CROP = 224
     i.RAND_AUGMENT = True
