@@ -73,6 +73,9 @@ def add_segmentation_config(cfg: CN) -> None:
     h.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     h.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
     h.TRANSFORMER_ENC_LAYERS = 6
+    # Mask2Former hard-codes 1024 / its decoder dropout for the deformable encoder.
+    h.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
+    h.DEFORMABLE_TRANSFORMER_ENCODER_DROPOUT = 0.0
     h.CONVS_DIM = 256
     h.COMMON_STRIDE = 4
     h.NORM = "GN"
@@ -91,6 +94,10 @@ def add_segmentation_config(cfg: CN) -> None:
     # "clustering" (recurrent cross-attention clustering) or "masked_attention" (Mask2Former).
     d.CROSS_ATTENTION = "clustering"
     d.CLUSTERING_ITERATIONS = 3
+    # Assignment restriction: pixels whose previous mask probability (resized to the level) is
+    # below the threshold are excluded from a query's clustering / attention (Mask2Former: 0.5).
+    d.RESTRICT_TO_MASKS = True
+    d.ASSIGNMENT_MASK_THRESHOLD = 0.5
     d.DEEP_SUPERVISION = True
     # Loss weights and matching costs (the same numbers, as in Mask2Former).
     d.NO_OBJECT_WEIGHT = 0.1

@@ -1,1 +1,5 @@
-"""Model core: pixel_decoder (no detectron2 imports)."""
+"""Model core: pixel decoders (no detectron2 imports)."""
+
+from .msdeformattn import DeformableTransformerEncoder, MSDeformAttnPixelDecoder
+
+__all__ = ["DeformableTransformerEncoder", "MSDeformAttnPixelDecoder"]

@@ -1,0 +1,226 @@
+"""Hungarian matching of predictions to targets (DETR / Mask2Former), with optional box costs.
+
+Cost of predicting target ``j`` with query ``i``::
+
+    C[i, j] = w_class * class_cost + w_mask * BCE_ij + w_dice * Dice_ij
+              + w_bbox * |b_i - b_j|_1 + w_giou * (-GIoU(b_i, b_j))
+
+The mask costs are computed on ``num_points`` random points shared by the predictions and the
+targets of an image (or on all pixels when ``num_points <= 0``; the predictions are then resized
+to the target resolution).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from .point_sampling import point_sample, random_points
+
+CLASS_COST_CHOICES = ("softmax", "focal")
+
+
+def batch_sigmoid_ce_cost(inputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean sigmoid binary cross-entropy of every prediction against every target.
+
+    Args:
+        inputs: ``(Q, P)`` logits; targets: ``(T, P)`` in ``[0, 1]``.
+
+    Returns:
+        ``(Q, T)``.
+    """
+    P = inputs.shape[1]
+    pos = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
+    neg = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
+    return (pos @ targets.T + neg @ (1 - targets).T) / P
+
+
+def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
+    """``1 - (2 |p t| + 1) / (|p| + |t| + 1)`` of every prediction against every target.
+
+    Args:
+        inputs: ``(Q, P)`` logits; targets: ``(T, P)`` in ``[0, 1]``.
+
+    Returns:
+        ``(Q, T)``.
+    """
+    probs = inputs.sigmoid()
+    numerator = 2 * probs @ targets.T
+    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def focal_class_cost(logits: Tensor, target_ids: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Deformable-DETR's focal classification cost ``(Q, T)`` from sigmoid logits ``(Q, K')``."""
+    prob = logits.sigmoid()
+    neg = (1 - alpha) * prob.pow(gamma) * -(1 - prob + 1e-8).log()
+    pos = alpha * (1 - prob).pow(gamma) * -(prob + 1e-8).log()
+    return pos[:, target_ids] - neg[:, target_ids]
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment of queries to targets minimising the weighted cost above.
+
+    Args:
+        cost_class: weight of the class cost (``-p_i(c_j)`` for ``"softmax"``).
+        cost_mask: weight of the sigmoid-BCE mask cost.
+        cost_dice: weight of the Dice mask cost.
+        num_points: points per image for the mask costs (``<= 0``: all target pixels).
+        cost_bbox: weight of the L1 cost on normalised cxcywh boxes (0 = off).
+        cost_giou: weight of the ``-GIoU`` cost (0 = off).
+        class_cost_type: ``"softmax"`` (softmax over K+1 logits, Mask2Former) or ``"focal"``
+            (sigmoid focal cost on the first K logits, DETR-family detectors).
+        focal_alpha, focal_gamma: focal cost parameters.
+
+    ``forward(outputs, targets, generator=None)``:
+        * ``outputs``: ``pred_logits`` ``(B, Q, K + 1)``; ``pred_masks`` ``(B, Q, H, W)`` when a
+          mask cost is on; ``pred_boxes`` ``(B, Q, 4)`` normalised cxcywh when a box cost is on;
+        * ``targets``: ``B`` dicts with ``labels`` ``(n,)`` int64, ``masks`` ``(n, H', W')``
+          (mask costs), ``boxes`` ``(n, 4)`` normalised cxcywh (box costs);
+        * ``generator``: optional RNG for the points.
+
+        Returns ``B`` pairs ``(query_indices, target_indices)``, int64 CPU tensors of length
+        ``min(Q, n)``, sorted by query index.
+    """
+
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_mask: float = 1.0,
+        cost_dice: float = 1.0,
+        num_points: int = 12544,
+        cost_bbox: float = 0.0,
+        cost_giou: float = 0.0,
+        class_cost_type: str = "softmax",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ):
+        super().__init__()
+        if class_cost_type not in CLASS_COST_CHOICES:
+            raise ValueError(
+                f"HungarianMatcher: class_cost_type must be one of {CLASS_COST_CHOICES}"
+            )
+        costs = (cost_class, cost_mask, cost_dice, cost_bbox, cost_giou)
+        if all(c == 0 for c in costs):
+            raise ValueError("HungarianMatcher: all costs are 0")
+        self.cost_class = cost_class
+        self.cost_mask = cost_mask
+        self.cost_dice = cost_dice
+        self.cost_bbox = cost_bbox
+        self.cost_giou = cost_giou
+        self.num_points = num_points
+        self.class_cost_type = class_cost_type
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    @property
+    def uses_masks(self) -> bool:
+        return self.cost_mask != 0 or self.cost_dice != 0
+
+    @property
+    def uses_boxes(self) -> bool:
+        return self.cost_bbox != 0 or self.cost_giou != 0
+
+    def _mask_costs(
+        self, pred_masks: Tensor, tgt_masks: Tensor, generator: Optional[torch.Generator]
+    ) -> Tuple[Tensor, Tensor]:
+        """``pred_masks`` ``(Q, H, W)``, ``tgt_masks`` ``(T, H', W')`` -> BCE, Dice ``(Q, T)``."""
+        pred = pred_masks.float()[:, None]
+        tgt = tgt_masks.float()[:, None]
+        if self.num_points > 0:
+            points = random_points(1, self.num_points, pred.device, generator)
+            tgt_points = point_sample(tgt, points.expand(tgt.shape[0], -1, -1))[:, 0]
+            pred_points = point_sample(pred, points.expand(pred.shape[0], -1, -1))[:, 0]
+        else:
+            tgt_points = tgt.flatten(1)
+            pred_points = F.interpolate(
+                pred, size=tgt.shape[-2:], mode="bilinear", align_corners=False
+            ).flatten(1)
+        return batch_sigmoid_ce_cost(pred_points, tgt_points), batch_dice_cost(
+            pred_points, tgt_points
+        )
+
+    @torch.no_grad()
+    def cost_matrices(
+        self,
+        outputs: Dict[str, Tensor],
+        targets: List[Dict[str, Tensor]],
+        generator: Optional[torch.Generator] = None,
+    ) -> List[Tensor]:
+        """The ``(Q, n_b)`` cost matrix of every image (fp32, on the outputs' device)."""
+        logits = outputs["pred_logits"]
+        B, Q, _ = logits.shape
+        if len(targets) != B:
+            raise ValueError(f"HungarianMatcher: {B} predictions but {len(targets)} targets")
+        for key, needed in (("pred_masks", self.uses_masks), ("pred_boxes", self.uses_boxes)):
+            if needed and key not in outputs:
+                raise KeyError(
+                    f"HungarianMatcher: a {key[5:-2]} cost is on but outputs lack {key!r}"
+                )
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            if self.class_cost_type == "softmax":
+                probs = logits.float().softmax(-1)
+            costs = []
+            for b, target in enumerate(targets):
+                labels = target["labels"]
+                if labels.numel() == 0:
+                    costs.append(logits.new_zeros(Q, 0, dtype=torch.float32))
+                    continue
+                if self.class_cost_type == "softmax":
+                    cost = -probs[b][:, labels] * self.cost_class
+                else:
+                    cost = self.cost_class * focal_class_cost(
+                        logits[b].float(), labels, self.focal_alpha, self.focal_gamma
+                    )
+                if self.uses_masks:
+                    if "masks" not in target:
+                        raise KeyError(
+                            f"HungarianMatcher: target {b} has no 'masks' but a mask cost is on"
+                        )
+                    bce, dice = self._mask_costs(
+                        outputs["pred_masks"][b], target["masks"], generator
+                    )
+                    cost = cost + self.cost_mask * bce + self.cost_dice * dice
+                if self.uses_boxes:
+                    if "boxes" not in target:
+                        raise KeyError(
+                            f"HungarianMatcher: target {b} has no 'boxes' but a box cost is on"
+                        )
+                    pred_boxes = outputs["pred_boxes"][b].float()
+                    tgt_boxes = target["boxes"].float()
+                    if self.cost_bbox != 0:
+                        cost = cost + self.cost_bbox * torch.cdist(pred_boxes, tgt_boxes, p=1)
+                    if self.cost_giou != 0:
+                        giou = generalized_box_iou(
+                            box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(tgt_boxes)
+                        )
+                        cost = cost - self.cost_giou * giou
+                costs.append(cost)
+        return costs
+
+    @torch.no_grad()
+    def forward(
+        self,
+        outputs: Dict[str, Tensor],
+        targets: List[Dict[str, Tensor]],
+        generator: Optional[torch.Generator] = None,
+    ) -> List[Tuple[Tensor, Tensor]]:
+        indices = []
+        for b, cost in enumerate(self.cost_matrices(outputs, targets, generator)):
+            cost = cost.cpu()
+            if not bool(torch.isfinite(cost).all()):
+                raise ValueError(f"HungarianMatcher: non-finite matching cost for image {b}")
+            rows, cols = linear_sum_assignment(cost.numpy())
+            indices.append(
+                (
+                    torch.as_tensor(rows, dtype=torch.int64),
+                    torch.as_tensor(np.asarray(cols), dtype=torch.int64),
+                )
+            )
+        return indices

@@ -1,0 +1,277 @@
+"""The decoder's two cross-attention steps: recurrent clustering (default) and masked attention.
+
+Both layers share one interface so the decoder can switch between them with a flag::
+
+    queries, weights = layer(queries, pixels, query_pos, pixel_pos, allowed, return_weights)
+
+* ``queries`` / ``query_pos``: ``(B, Q, C)``; the queries are the cluster centres.
+* ``pixels`` / ``pixel_pos``: ``(B, N, C)``, the ``N = h * w`` tokens of one feature level.
+* ``allowed``: optional ``(B, Q, N)`` bool *assignment restriction*, True where pixel ``n`` may
+  take part in query ``q``'s update (from the previous mask prediction; later also boxes). The
+  decoder applies :func:`release_empty_restrictions` first, so that each query allows a pixel.
+* returns the updated queries ``(B, Q, C)`` and, when ``return_weights``, the head-averaged weights
+  ``(B, Q, N)`` in fp32 (else ``None``).
+
+Notation below: ``M`` heads of ``d = C / M`` channels.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def release_empty_restrictions(allowed: Tensor) -> Tensor:
+    """Lift the restriction of every query that allows no pixel at all (Mask2Former's rule).
+
+    A query whose predicted mask is empty at this level would otherwise have nothing to attend to
+    (masked attention: a softmax over an empty set) or nothing to cluster; it sees every pixel.
+
+    Args:
+        allowed: ``(B, Q, N)`` bool.
+
+    Returns:
+        ``(B, Q, N)`` bool.
+    """
+    empty = ~allowed.any(dim=-1, keepdim=True)
+    return allowed | empty
+
+
+def _split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """``(B, L, C)`` -> ``(B, M, L, C / M)``."""
+    B, L, C = x.shape
+    return x.view(B, L, num_heads, C // num_heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """``(B, M, L, d)`` -> ``(B, L, M * d)``."""
+    B, M, L, d = x.shape
+    return x.transpose(1, 2).reshape(B, L, M * d)
+
+
+def _check_inputs(queries: Tensor, pixels: Tensor, allowed: Optional[Tensor], name: str) -> None:
+    if queries.dim() != 3 or pixels.dim() != 3 or queries.shape[-1] != pixels.shape[-1]:
+        raise ValueError(
+            f"{name}: expected queries (B, Q, C) and pixels (B, N, C), got {tuple(queries.shape)} "
+            f"and {tuple(pixels.shape)}"
+        )
+    B, Q, _ = queries.shape
+    N = pixels.shape[1]
+    if allowed is not None and (allowed.shape != (B, Q, N) or allowed.dtype != torch.bool):
+        raise ValueError(
+            f"{name}: allowed must be a bool tensor of shape {(B, Q, N)}, got {allowed.dtype} "
+            f"{tuple(allowed.shape)}"
+        )
+
+
+def clustering_assignment(
+    centre_queries: Tensor, pixel_keys: Tensor, allowed: Optional[Tensor], scale: float
+) -> Tensor:
+    """E-step: soft assignment of every pixel to the centres, softmax over the CENTRE axis.
+
+    ``A[b, m, q, n] = R[b, q, n] exp(s_qn) / sum_q' R[b, q', n] exp(s_q'n)`` with
+    ``s_qn = scale * <centre_queries[q], pixel_keys[n]>`` and ``R`` the restriction (1 if absent).
+    A pixel that no centre allows gets ``A[:, :, :, n] = 0``: it takes no part in this update.
+    Computed in fp32 whatever the autocast state.
+
+    Args:
+        centre_queries: ``(B, M, Q, d)``.
+        pixel_keys: ``(B, M, N, d)``.
+        allowed: ``(B, Q, N)`` bool or ``None``.
+        scale: logit scale (``1 / sqrt(d)``).
+
+    Returns:
+        ``(B, M, Q, N)`` fp32.
+    """
+    with torch.autocast(device_type=centre_queries.device.type, enabled=False):
+        logits = torch.einsum("bmqd,bmnd->bmqn", centre_queries.float(), pixel_keys.float()) * scale
+        if allowed is None:
+            return logits.softmax(dim=2)
+        excluded = ~allowed[:, None]
+        # A finite fill (not -inf) keeps the softmax of a pixel excluded by every centre finite
+        # (uniform), and its gradient finite; the masked_fill below then zeroes it.
+        logits = logits.masked_fill(excluded, torch.finfo(logits.dtype).min)
+        return logits.softmax(dim=2).masked_fill(excluded, 0.0)
+
+
+def cluster_means(assignment: Tensor, pixel_values: Tensor, eps: float = 1e-6) -> Tensor:
+    """M-step: each centre's assignment-weighted mean of the pixel values, in fp32.
+
+    ``U[q] = sum_n A[q, n] v_n / max(sum_n A[q, n], eps)``: an exact weighted mean for any centre
+    holding at least ``eps`` pixels' worth of mass; a (near-)empty cluster gets a (near-)zero
+    update instead of a division by zero.
+
+    Args:
+        assignment: ``(B, M, Q, N)``.
+        pixel_values: ``(B, M, N, d)``.
+
+    Returns:
+        ``(B, M, Q, d)`` fp32.
+    """
+    with torch.autocast(device_type=assignment.device.type, enabled=False):
+        assignment = assignment.float()
+        mass = assignment.sum(dim=-1, keepdim=True).clamp_min(eps)
+        return torch.matmul(assignment, pixel_values.float()) / mass
+
+
+class ClusteringCrossAttention(nn.Module):
+    """Recurrent cross-attention clustering: the queries are cluster centres, refined by ``T``
+    EM-like iterations with shared weights.
+
+    Per iteration ``t`` (post-norm; pre-norm normalises the centres before the projection and
+    skips the final norm)::
+
+        K = W_k (X + P)          (B, M, N, d)   computed once per layer
+        V = W_v X                (B, M, N, d)   computed once per layer
+        S = W_q (C_t + Q_pos)    (B, M, Q, d)
+        A = softmax_q(S K^T / sqrt(d), restricted)   E-step, fp32     (B, M, Q, N)
+        U = (A V) / A.sum(n)                          M-step, fp32     (B, M, Q, d)
+        C_{t+1} = LN(C_t + Dropout(W_o concat_m U))                    (B, Q, C)
+
+    Unlike ordinary (masked) cross-attention, which normalises each query's weights over the
+    pixels, every pixel here distributes one unit of mass over the centres it is allowed to join,
+    so centres compete for pixels (k-means-like); the M-step then averages the values of the pixels
+    each centre won.
+
+    Args:
+        d_model: channels ``C``.
+        n_heads: heads ``M``.
+        iterations: ``T`` (>= 1).
+        dropout: on the update.
+        pre_norm: pre-norm instead of post-norm.
+        eps: M-step guard for empty clusters.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        iterations: int = 3,
+        dropout: float = 0.0,
+        pre_norm: bool = False,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(
+                f"ClusteringCrossAttention: d_model {d_model} not divisible by n_heads {n_heads}"
+            )
+        if iterations < 1:
+            raise ValueError(f"ClusteringCrossAttention: iterations must be >= 1, got {iterations}")
+        self.n_heads = n_heads
+        self.iterations = iterations
+        self.pre_norm = pre_norm
+        self.eps = eps
+        self.scale = (d_model // n_heads) ** -0.5
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(
+        self,
+        queries: Tensor,
+        pixels: Tensor,
+        query_pos: Optional[Tensor] = None,
+        pixel_pos: Optional[Tensor] = None,
+        allowed: Optional[Tensor] = None,
+        return_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """See the module docstring; the returned weights are the last iteration's assignment
+        ``A`` averaged over heads, ``(B, Q, N)`` fp32 (sums to 1 over ``Q`` at every pixel some
+        query allows, 0 elsewhere)."""
+        _check_inputs(queries, pixels, allowed, type(self).__name__)
+        keys = _split_heads(
+            self.k_proj(pixels if pixel_pos is None else pixels + pixel_pos), self.n_heads
+        )
+        values = _split_heads(self.v_proj(pixels), self.n_heads)
+        centres = queries
+        assignment = None
+        for _ in range(self.iterations):
+            normed = self.norm(centres) if self.pre_norm else centres
+            centre_q = self.q_proj(normed if query_pos is None else normed + query_pos)
+            assignment = clustering_assignment(
+                _split_heads(centre_q, self.n_heads), keys, allowed, self.scale
+            )
+            update = _merge_heads(cluster_means(assignment, values, self.eps))
+            update = self.out_proj(update.to(centre_q.dtype))
+            centres = centres + self.dropout(update)
+            if not self.pre_norm:
+                centres = self.norm(centres)
+        weights = assignment.mean(dim=1).detach() if return_weights else None
+        return centres, weights
+
+
+class MaskedCrossAttention(nn.Module):
+    """Mask2Former's masked cross-attention (softmax over the allowed pixels), for the ablation.
+
+    ``C' = LN(C + Dropout(W_o concat_m softmax_n(S K^T / sqrt(d), restricted) V))`` with ``S``,
+    ``K``, ``V`` as in :class:`ClusteringCrossAttention` (pre-norm: ``C + ...(LN(C))``).
+    The returned weights (``return_weights``) are the attention probabilities averaged over heads:
+    they sum to 1 over the pixels of each query. A query that allows no pixel attends to all.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, pre_norm: bool = False):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(
+                f"MaskedCrossAttention: d_model {d_model} not divisible by n_heads {n_heads}"
+            )
+        self.n_heads = n_heads
+        self.pre_norm = pre_norm
+        self.scale = (d_model // n_heads) ** -0.5
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(
+        self,
+        queries: Tensor,
+        pixels: Tensor,
+        query_pos: Optional[Tensor] = None,
+        pixel_pos: Optional[Tensor] = None,
+        allowed: Optional[Tensor] = None,
+        return_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        _check_inputs(queries, pixels, allowed, type(self).__name__)
+        if allowed is not None:
+            # A softmax over an empty set is undefined: such a query attends to every pixel.
+            allowed = release_empty_restrictions(allowed)
+        normed = self.norm(queries) if self.pre_norm else queries
+        q = _split_heads(
+            self.q_proj(normed if query_pos is None else normed + query_pos), self.n_heads
+        )
+        k = _split_heads(
+            self.k_proj(pixels if pixel_pos is None else pixels + pixel_pos), self.n_heads
+        )
+        v = _split_heads(self.v_proj(pixels), self.n_heads)
+        weights = None
+        if return_weights:
+            logits = torch.einsum("bmqd,bmnd->bmqn", q, k).float() * self.scale
+            if allowed is not None:
+                logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+            probs = logits.softmax(dim=-1)
+            attended = torch.matmul(probs.to(v.dtype), v)
+            weights = probs.mean(dim=1).detach()
+        else:
+            # Fused kernel; its default scale is 1/sqrt(d) and a bool mask means "takes part in
+            # attention", as `allowed` does.
+            mask = None if allowed is None else allowed[:, None]
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = self.out_proj(_merge_heads(attended))
+        out = queries + self.dropout(out)
+        return (out if self.pre_norm else self.norm(out)), weights

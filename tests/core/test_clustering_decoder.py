@@ -1,0 +1,241 @@
+"""Clustering cross-attention and the transformer decoder: math vs. naive code, masking rule,
+shapes, gradients, mixed precision."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clusterformer.modeling.transformer_decoder import (
+    ClusteringCrossAttention,
+    ClusteringTransformerDecoder,
+    MaskedCrossAttention,
+    cluster_means,
+    clustering_assignment,
+    mask_assignment_restriction,
+    release_empty_restrictions,
+)
+
+C, HEADS, Q = 32, 4, 6
+
+
+def _naive_clustering_layer(layer, queries, pixels, query_pos, pixel_pos, allowed):
+    """Per-image, per-head, per-pixel loops over the definitions (post-norm)."""
+    B, N = queries.shape[0], pixels.shape[1]
+    d = C // HEADS
+    out = []
+    for b in range(B):
+        centres = queries[b]
+        keys = layer.k_proj(pixels[b] + pixel_pos[b])
+        values = layer.v_proj(pixels[b])
+        for _ in range(layer.iterations):
+            proj = layer.q_proj(centres + query_pos[b])
+            heads = []
+            for m in range(HEADS):
+                sl = slice(m * d, (m + 1) * d)
+                logits = proj[:, sl] @ keys[:, sl].T / d**0.5  # (Q, N)
+                assign = torch.zeros(Q, N)
+                for n in range(N):
+                    ok = allowed[b, :, n]
+                    if ok.any():
+                        assign[ok, n] = logits[ok, n].softmax(0)
+                mass = assign.sum(1, keepdim=True)
+                heads.append(assign @ values[:, sl] / mass.clamp_min(1e-6))
+            centres = layer.norm(centres + layer.out_proj(torch.cat(heads, dim=1)))
+        out.append(centres)
+    return torch.stack(out)
+
+
+def _inputs(B=2, N=15, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    queries, pixels = torch.randn(B, Q, C, generator=g), torch.randn(B, N, C, generator=g)
+    query_pos, pixel_pos = torch.randn(B, Q, C, generator=g), torch.randn(B, N, C, generator=g)
+    allowed = torch.rand(B, Q, N, generator=g) > 0.5
+    allowed[0, :, 3] = False  # a pixel excluded by every query
+    allowed[1, 2] = False  # a query that excludes every pixel (zero update)
+    return queries, pixels, query_pos, pixel_pos, allowed
+
+
+def test_clustering_layer_matches_naive_loops():
+    layer = ClusteringCrossAttention(C, HEADS, iterations=3)
+    queries, pixels, query_pos, pixel_pos, allowed = _inputs()
+    out, weights = layer(queries, pixels, query_pos, pixel_pos, allowed, return_weights=True)
+    expected = _naive_clustering_layer(layer, queries, pixels, query_pos, pixel_pos, allowed)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert weights.shape == (2, Q, 15) and weights.dtype == torch.float32
+
+
+def test_assignment_softmax_over_queries_and_masking_rule():
+    queries, pixels, _, _, allowed = _inputs()
+    q = queries.view(2, Q, HEADS, -1).transpose(1, 2).requires_grad_(True)
+    k = pixels.view(2, 15, HEADS, -1).transpose(1, 2)
+    assign = clustering_assignment(q, k, allowed, scale=0.5)
+    column_mass = assign.sum(dim=2)  # (B, M, N)
+    some_query = allowed.any(dim=1)[:, None].expand_as(column_mass)
+    assert torch.allclose(column_mass[some_query], torch.ones(()), atol=1e-6)
+    assert (column_mass[~some_query] == 0).all() and (~some_query).any()
+    assert (assign[~allowed[:, None].expand_as(assign)] == 0).all()
+    # Gradients stay finite through fully excluded pixels.
+    assign.square().sum().backward()
+    assert torch.isfinite(q.grad).all()
+    # Unrestricted: a plain softmax over the query axis.
+    free = clustering_assignment(q, k, None, scale=0.5)
+    assert torch.allclose(free, (torch.einsum("bmqd,bmnd->bmqn", q, k) * 0.5).softmax(dim=2))
+
+
+def test_cluster_means_are_weighted_means_with_empty_guard():
+    assign = torch.tensor([[[[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.2, 0.0, 0.6]]]])
+    values = torch.tensor([[[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]]])
+    means = cluster_means(assign, values)
+    expected = torch.tensor([[[[2.0, 3.0], [0.0, 0.0], [(0.2 + 3.0) / 0.8, (0.4 + 3.6) / 0.8]]]])
+    assert torch.allclose(means, expected)
+
+
+def test_masked_attention_weights_and_fused_paths_agree():
+    layer = MaskedCrossAttention(C, HEADS)
+    queries, pixels, query_pos, pixel_pos, allowed = _inputs()
+    allowed = release_empty_restrictions(allowed)
+    fused, none = layer(queries, pixels, query_pos, pixel_pos, allowed)
+    explicit, weights = layer(queries, pixels, query_pos, pixel_pos, allowed, return_weights=True)
+    assert none is None
+    assert torch.allclose(fused, explicit, atol=1e-5)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, Q), atol=1e-5)
+    assert (weights[~allowed] == 0).all()
+
+
+def test_release_empty_restrictions():
+    allowed = torch.tensor([[[True, False], [False, False]]])
+    assert torch.equal(
+        release_empty_restrictions(allowed), torch.tensor([[[True, False], [True, True]]])
+    )
+    logits = torch.full((1, 2, 4, 4), -3.0)
+    logits[0, 0, :2] = 3.0
+    restriction = mask_assignment_restriction(logits, (2, 2))
+    assert torch.equal(restriction, torch.tensor([[[True, True, False, False], [False] * 4]]))
+
+
+def test_clustering_under_bfloat16_autocast_matches_fp32():
+    layer = ClusteringCrossAttention(C, HEADS, iterations=3)
+    queries, pixels, query_pos, pixel_pos, allowed = _inputs()
+    ref_out, ref_w = layer(queries, pixels, query_pos, pixel_pos, allowed, return_weights=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, weights = layer(queries, pixels, query_pos, pixel_pos, allowed, return_weights=True)
+        q = torch.randn(2, HEADS, Q, 8).bfloat16()
+        assert (
+            clustering_assignment(q, torch.randn(2, HEADS, 15, 8).bfloat16(), allowed, 0.3).dtype
+            == torch.float32
+        )
+    assert weights.dtype == torch.float32
+    assert torch.allclose(weights, ref_w, atol=3e-2)
+    assert torch.allclose(out.float(), ref_out, atol=6e-2)
+    assert (weights[~allowed] == 0).all()
+
+
+def _decoder(mode="clustering", **kwargs):
+    args = {
+        "hidden_dim": C,
+        "num_queries": Q,
+        "nheads": HEADS,
+        "dim_feedforward": 48,
+        "dec_layers": 4,
+        "mask_dim": 24,
+    }
+    args.update(kwargs)
+    return ClusteringTransformerDecoder(C, 5, cross_attention=mode, **args)
+
+
+def _features(B=2, sizes=((3, 5), (5, 9), (9, 17)), mask_size=(18, 33)):
+    return [torch.randn(B, C, h, w) for h, w in sizes], torch.randn(B, 24, *mask_size)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+@pytest.mark.parametrize("mode", ["clustering", "masked_attention"])
+def test_decoder_output_shapes(mode, pre_norm):
+    decoder = _decoder(mode, pre_norm=pre_norm)
+    feats, mask_features = _features()
+    out = decoder(feats, mask_features)
+    assert out["pred_logits"].shape == (2, Q, 6)
+    assert out["pred_masks"].shape == (2, Q, 18, 33)
+    assert len(out["aux_outputs"]) == 4
+    for aux in out["aux_outputs"]:
+        assert aux["pred_logits"].shape == (2, Q, 6) and aux["pred_masks"].shape == (2, Q, 18, 33)
+    key = "pixel_assignment" if mode == "clustering" else "cross_attention_weights"
+    other = "cross_attention_weights" if mode == "clustering" else "pixel_assignment"
+    # 4 layers over 3 levels: the last layer (index 3) visits level 0 (lowest resolution).
+    assert out[key].shape == (2, Q, 3, 5) and other not in out
+
+
+@pytest.mark.parametrize("mode", ["clustering", "masked_attention"])
+def test_every_decoder_parameter_gets_a_gradient(mode):
+    decoder = _decoder(mode, enforce_input_project=True)
+    feats, mask_features = _features()
+    out = decoder(feats, mask_features)
+    loss = out["pred_logits"].square().mean() + out["pred_masks"].sigmoid().mean()
+    loss = loss + sum(
+        a["pred_logits"].square().mean() + a["pred_masks"].sigmoid().mean()
+        for a in out["aux_outputs"]
+    )
+    loss.backward()
+    missing = [
+        n for n, p in decoder.named_parameters() if p.grad is None or p.grad.abs().sum() == 0
+    ]
+    assert not missing, missing
+
+
+def test_decoder_assignment_respects_previous_masks():
+    decoder = _decoder("clustering", dec_layers=3)
+    feats, mask_features = _features()
+    out = decoder(feats, mask_features)
+    assignment = out["pixel_assignment"]  # last layer = level 2 (highest resolution)
+    assert assignment.shape == (2, Q, 9, 17)
+    previous = out["aux_outputs"][-1]["pred_masks"]
+    allowed = release_empty_restrictions(mask_assignment_restriction(previous, (9, 17))).view(
+        2, Q, 9, 17
+    )
+    assert (~allowed).any(), "the test needs some excluded pixels"
+    assert (assignment[~allowed] == 0).all()
+    some_query = allowed.any(dim=1)
+    assert torch.allclose(assignment.sum(1)[some_query], torch.ones(()), atol=1e-5)
+    assert (assignment.sum(1)[~some_query] == 0).all()
+
+
+def test_decoder_images_are_independent_and_unrestricted_mode_runs():
+    decoder = _decoder("clustering").eval()
+    feats, mask_features = _features(B=3)
+    with torch.no_grad():
+        batched = decoder(feats, mask_features)
+        single = decoder([f[2:] for f in feats], mask_features[2:])
+    assert torch.allclose(batched["pred_masks"][2:], single["pred_masks"], atol=1e-4)
+    unrestricted = _decoder("clustering", restrict_to_masks=False)(feats, mask_features)
+    assert torch.allclose(unrestricted["pixel_assignment"].sum(1), torch.ones(3, 3, 5), atol=1e-5)
+
+
+def test_decoder_rejects_bad_inputs():
+    decoder = _decoder()
+    feats, mask_features = _features()
+    with pytest.raises(ValueError, match="feature levels"):
+        decoder(feats[:2], mask_features)
+    with pytest.raises(ValueError, match="mask_features"):
+        decoder(feats, mask_features[:, :8])
+    with pytest.raises(ValueError, match="cross_attention"):
+        _decoder("kmeans")
+    with pytest.raises(ValueError, match="allowed"):
+        ClusteringCrossAttention(C, HEADS)(
+            torch.randn(1, Q, C),
+            torch.randn(1, 4, C),
+            allowed=torch.ones(1, Q, 5, dtype=torch.bool),
+        )
+
+
+def test_mask_embedding_is_a_dot_product_with_mask_features():
+    decoder = _decoder()
+    queries = torch.randn(2, Q, C)
+    mask_features = torch.randn(2, 24, 4, 5)
+    pred = decoder.prediction_heads(queries, mask_features)
+    embed = decoder.prediction_heads.mask_embed(
+        F.layer_norm(
+            queries, (C,), decoder.prediction_heads.norm.weight, decoder.prediction_heads.norm.bias
+        )
+    )
+    assert torch.allclose(
+        pred["pred_masks"][1, 3, 2, 4], embed[1, 3] @ mask_features[1, :, 2, 4], atol=1e-5
+    )
