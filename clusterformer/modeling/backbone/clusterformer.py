@@ -7,7 +7,6 @@ strides 4/8/16/32, joined by 3x3 stride-2 convolutions. The output at stride s h
 """
 
 import contextlib
-import math
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -390,8 +389,3 @@ def clusterformer_small(**overrides: Any) -> ClusterFormerBackbone:
 def num_stages_needed(out_features: Sequence[str]) -> int:
     """How many stages produce ``out_features`` (e.g. 4 when res5 is requested)."""
     return max(STAGE_NAMES.index(f) for f in out_features) + 1
-
-
-def output_size(size: int, stride: int) -> int:
-    """Tokens along one axis at ``stride`` for an input of ``size`` pixels: ceil(size / stride)."""
-    return math.ceil(size / stride)
