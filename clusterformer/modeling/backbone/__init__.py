@@ -1,1 +1,43 @@
-"""Model core: backbone (no detectron2 imports)."""
+"""Model core: the ClusterFormer backbone (no detectron2 imports).
+
+The Detectron2 wrapper lives in ``d2_clusterformer.py`` and is imported by ``meta_arch``.
+"""
+
+from .classification_head import ClassificationHead, global_pool_features
+from .clusterformer import (
+    PRESETS,
+    STAGE_NAMES,
+    STAGE_STRIDES,
+    ClusterBlock,
+    ClusterFormerBackbone,
+    ClusterStage,
+    build_clusterformer_backbone,
+    clusterformer_nano,
+    clusterformer_preset,
+    clusterformer_small,
+    clusterformer_tiny,
+    coordinate_channels,
+)
+from .clustering_mixer import ClusteringMixer, FeatureDispatch, RecurrentClusteringAttention
+from .windows import WindowGeometry
+
+__all__ = [
+    "PRESETS",
+    "STAGE_NAMES",
+    "STAGE_STRIDES",
+    "ClassificationHead",
+    "ClusterBlock",
+    "ClusterFormerBackbone",
+    "ClusterStage",
+    "ClusteringMixer",
+    "FeatureDispatch",
+    "RecurrentClusteringAttention",
+    "WindowGeometry",
+    "build_clusterformer_backbone",
+    "clusterformer_nano",
+    "clusterformer_preset",
+    "clusterformer_small",
+    "clusterformer_tiny",
+    "coordinate_channels",
+    "global_pool_features",
+]

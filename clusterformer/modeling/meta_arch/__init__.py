@@ -1,1 +1,3 @@
-"""Detectron2 layer: meta-architectures registered in ``META_ARCH_REGISTRY`` (imports detectron2)."""
+"""Detectron2 layer: meta-architectures in ``META_ARCH_REGISTRY`` (imports detectron2)."""
+
+from ..backbone import d2_clusterformer  # noqa: F401  (registers D2ClusterFormer)

@@ -1,0 +1,391 @@
+"""The ClusterFormer backbone (method.md §1): image-level clustering, plain PyTorch.
+
+``ClusterFormerBackbone(images) -> {"res2": ..., "res5": ...}``. The RGB image gets two coordinate
+channels, a 4x4 stride-4 stem embeds the 5 channels, and four stages of clustering blocks run at
+strides 4/8/16/32, joined by 3x3 stride-2 convolutions. The output at stride s has
+``ceil(H / s) x ceil(W / s)`` tokens for any input of at least 32 x 32 pixels.
+"""
+
+import contextlib
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .clustering_mixer import ClusteringMixer
+
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+STAGE_STRIDES = (4, 8, 16, 32)
+MIN_INPUT_SIZE = 32
+
+
+def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
+    """Stochastic depth: zero the whole residual branch of a sample with probability drop_prob."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class ConvFeedForward(nn.Module):
+    """1x1 conv -> GELU -> 1x1 conv, (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden_dim, kernel_size=1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden_dim, dim, kernel_size=1)
+        for conv in (self.fc1, self.fc2):
+            nn.init.trunc_normal_(conv.weight, std=0.02)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ClusterBlock(nn.Module):
+    """Pre-norm block: ``x += ls1 * drop_path(Mixer(GN(x)))``; ``x += ls2 * drop_path(FFN(GN(x)))``.
+
+    GN is GroupNorm(1, C); the LayerScale vectors start at ``layer_scale_init`` (None: no scale).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float,
+        drop_path_rate: float = 0.0,
+        layer_scale_init: Optional[float] = 1e-5,
+        **mixer_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.mixer = ClusteringMixer(dim, **mixer_kwargs)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.ffn = ConvFeedForward(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path_rate)
+        if layer_scale_init is not None:
+            self.layer_scale_1 = nn.Parameter(torch.full((dim, 1, 1), float(layer_scale_init)))
+            self.layer_scale_2 = nn.Parameter(torch.full((dim, 1, 1), float(layer_scale_init)))
+        else:
+            self.layer_scale_1 = self.layer_scale_2 = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        mixed = self.mixer(self.norm1(x))
+        if self.layer_scale_1 is not None:
+            mixed = self.layer_scale_1 * mixed
+        x = x + self.drop_path(mixed)
+        fed = self.ffn(self.norm2(x))
+        if self.layer_scale_2 is not None:
+            fed = self.layer_scale_2 * fed
+        return x + self.drop_path(fed)
+
+
+class Downsample(nn.Module):
+    """Stride-2 convolution between stages: (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2)).
+
+    kernel_size 3 (padding 1; method.md and the released tiny/small presets) or 2 (no overlap; the
+    released base class's default, which matches the paper's parameter counts). With kernel 2 an
+    odd map is zero-padded on the bottom/right first.
+    """
+
+    def __init__(self, in_dim: int, dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size not in (2, 3):
+            raise ValueError(f"downsample_kernel_size must be 2 or 3, got {kernel_size}.")
+        self.conv = nn.Conv2d(
+            in_dim, dim, kernel_size=kernel_size, stride=2, padding=1 if kernel_size == 3 else 0
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.conv.kernel_size[0] == 2:
+            pad_h, pad_w = x.shape[-2] % 2, x.shape[-1] % 2
+            if pad_h or pad_w:
+                x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.conv(x)
+
+
+class ClusterStage(nn.Module):
+    """Optional :class:`Downsample` followed by clustering blocks."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        downsample: bool,
+        blocks: List[ClusterBlock],
+        downsample_kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        self.downsample = Downsample(in_dim, dim, downsample_kernel_size) if downsample else None
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def coordinate_channels(images: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, 2, H, W): x (column) then y (row), each linear in [-0.5, 0.5]."""
+    B, _, H, W = images.shape
+    kwargs = {"device": images.device, "dtype": images.dtype}
+    xs = torch.linspace(-0.5, 0.5, W, **kwargs).view(1, 1, 1, W).expand(B, 1, H, W)
+    ys = torch.linspace(-0.5, 0.5, H, **kwargs).view(1, 1, H, 1).expand(B, 1, H, W)
+    return torch.cat([xs, ys], dim=1)
+
+
+class ClusterFormerBackbone(nn.Module):
+    """ClusterFormer image-level clustering backbone.
+
+    Args:
+        embed_dims: channels of the four stages.
+        depths: blocks per stage.
+        mlp_ratios: FFN hidden width / channels, per stage.
+        head_dim: channels per head; heads = embed_dim / head_dim in each stage.
+        window_size: S, clustering windows of S x S tokens.
+        centers_per_window: k, k x k centres per window and head.
+        iterations: T, E-step/M-step iterations (shared weights).
+        temperature: "none" or "inv_sqrt_dim", scale of the E-step logits.
+        mstep_normalization: "mean" or "sum".
+        assignment_softmax: "clusters" (paper) or "tokens" (ordinary cross-attention).
+        dispatch: "soft" (paper Eq. 6) or "hard" (released code).
+        layer_scale_init: initial LayerScale value (None: no LayerScale).
+        drop_path_rate: stochastic depth of the last block, linear from 0 over all blocks.
+        out_features: which of res2..res5 to return; stages after the last requested one are
+            not built (so every parameter gets a gradient).
+        in_channels: image channels (the coordinate channels are added to these).
+        downsample_kernel_size: 3 (3x3 stride-2 convs between stages, default) or 2.
+
+    Input: (B, in_channels, H, W) normalised images (RGB for the project's pretrained models),
+    H, W >= 32. Output: {name: (B, C_s, ceil(H / s), ceil(W / s))}, each after a GroupNorm(1, C).
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        mlp_ratios: Sequence[float] = (8.0, 8.0, 4.0, 4.0),
+        head_dim: int = 32,
+        window_size: int = 7,
+        centers_per_window: int = 2,
+        iterations: int = 3,
+        temperature: str = "none",
+        mstep_normalization: str = "mean",
+        assignment_softmax: str = "clusters",
+        dispatch: str = "soft",
+        layer_scale_init: Optional[float] = 1e-5,
+        drop_path_rate: float = 0.0,
+        out_features: Sequence[str] = STAGE_NAMES,
+        in_channels: int = 3,
+        downsample_kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        for name, seq in (
+            ("embed_dims", embed_dims),
+            ("depths", depths),
+            ("mlp_ratios", mlp_ratios),
+        ):
+            if len(seq) != 4:
+                raise ValueError(f"{name} needs 4 values (one per stage), got {list(seq)}.")
+        bad_dims = [d for d in embed_dims if d % head_dim != 0]
+        if bad_dims:
+            raise ValueError(
+                f"embed_dims {list(embed_dims)} must be multiples of head_dim {head_dim}."
+            )
+        unknown = [f for f in out_features if f not in STAGE_NAMES]
+        if unknown or not out_features:
+            raise ValueError(
+                f"out_features must be a non-empty subset of {STAGE_NAMES}, got {out_features}."
+            )
+        self._out_features = [f for f in STAGE_NAMES if f in out_features]
+        num_stages = num_stages_needed(self._out_features)
+        self.embed_dims = list(embed_dims[:num_stages])
+        self.num_heads = [d // head_dim for d in self.embed_dims]
+        self.in_channels = in_channels
+
+        self.stem = nn.Conv2d(in_channels + 2, embed_dims[0], kernel_size=4, stride=4)
+        total_blocks = sum(depths)
+        block_index = 0
+        stages = []
+        for i in range(num_stages):
+            blocks = []
+            for _ in range(depths[i]):
+                rate = drop_path_rate * block_index / max(total_blocks - 1, 1)
+                blocks.append(
+                    ClusterBlock(
+                        embed_dims[i],
+                        mlp_ratio=mlp_ratios[i],
+                        drop_path_rate=rate,
+                        layer_scale_init=layer_scale_init,
+                        num_heads=embed_dims[i] // head_dim,
+                        head_dim=head_dim,
+                        window_size=window_size,
+                        centers_per_window=centers_per_window,
+                        iterations=iterations,
+                        temperature=temperature,
+                        mstep_normalization=mstep_normalization,
+                        assignment_softmax=assignment_softmax,
+                        dispatch=dispatch,
+                    )
+                )
+                block_index += 1
+            in_dim = embed_dims[i - 1] if i > 0 else embed_dims[0]
+            stages.append(
+                ClusterStage(
+                    in_dim,
+                    embed_dims[i],
+                    downsample=i > 0,
+                    blocks=blocks,
+                    downsample_kernel_size=downsample_kernel_size,
+                )
+            )
+        self.stages = nn.ModuleList(stages)
+        self.output_norms = nn.ModuleDict(
+            {f: nn.GroupNorm(1, embed_dims[STAGE_NAMES.index(f)]) for f in self._out_features}
+        )
+        self._out_feature_channels = {
+            f: embed_dims[STAGE_NAMES.index(f)] for f in self._out_features
+        }
+        self._out_feature_strides = {
+            f: STAGE_STRIDES[STAGE_NAMES.index(f)] for f in self._out_features
+        }
+        self._assignment_sink: Optional[Dict[str, Tensor]] = None
+
+    @property
+    def out_features(self) -> List[str]:
+        return list(self._out_features)
+
+    @property
+    def out_feature_channels(self) -> Dict[str, int]:
+        return dict(self._out_feature_channels)
+
+    @property
+    def out_feature_strides(self) -> Dict[str, int]:
+        return dict(self._out_feature_strides)
+
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        """(B, in_channels, H, W) -> {res_i: (B, C_i, ceil(H / s_i), ceil(W / s_i))}."""
+        if images.dim() != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ClusterFormerBackbone expects images of shape (B, {self.in_channels}, H, W), "
+                f"got {tuple(images.shape)}."
+            )
+        H, W = images.shape[-2:]
+        if H < MIN_INPUT_SIZE or W < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"ClusterFormerBackbone needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
+                f"pixels (one token at stride 32), got {H}x{W}."
+            )
+        x = torch.cat([images, coordinate_channels(images)], dim=1)
+        # Pad bottom/right to a multiple of the stem stride, so the stem yields ceil(H/4) tokens.
+        pad_h, pad_w = -H % 4, -W % 4
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.stem(x)
+        outputs = {}
+        for name, stage in zip(STAGE_NAMES, self.stages):
+            x = stage(x)
+            if self._assignment_sink is not None:
+                assignment = stage.blocks[-1].mixer.last_assignment if stage.blocks else None
+                if assignment is not None:
+                    self._assignment_sink[name] = assignment
+            if name in self.output_norms:
+                outputs[name] = self.output_norms[name](x)
+        return outputs
+
+    @contextlib.contextmanager
+    def recording_assignments(self) -> Iterator[Dict[str, Tensor]]:
+        """Record the last E-step assignment of the last block of every stage.
+
+        Usage::
+
+            with backbone.recording_assignments() as maps:
+                features = backbone(images)
+            maps["res2"]  # (B, heads_2, ceil(H/4), ceil(W/4)) int64 cluster ids
+
+        Ids are unique across the windows of a map (``window_index * k*k + centre``).
+        """
+        mixers = [stage.blocks[-1].mixer for stage in self.stages if len(stage.blocks) > 0]
+        sink: Dict[str, Tensor] = {}
+        previous = [m.record_assignments for m in mixers]
+        for m in mixers:
+            m.record_assignments = True
+        self._assignment_sink = sink
+        try:
+            yield sink
+        finally:
+            self._assignment_sink = None
+            for m, was in zip(mixers, previous):
+                m.record_assignments = was
+                if not was:
+                    m.last_assignment = None
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # For CPU runs and tests: trains in about a second per iteration at 128x128 on a CPU core.
+    "nano": {
+        "embed_dims": (32, 64, 128, 256),
+        "depths": (1, 1, 2, 1),
+        "mlp_ratios": (4.0, 4.0, 4.0, 4.0),
+        "head_dim": 16,
+    },
+    "tiny": {
+        "embed_dims": (96, 192, 384, 768),
+        "depths": (2, 2, 6, 2),
+        "mlp_ratios": (8.0, 8.0, 4.0, 4.0),
+        "head_dim": 32,
+    },
+    "small": {
+        "embed_dims": (96, 192, 384, 768),
+        "depths": (2, 2, 18, 2),
+        "mlp_ratios": (8.0, 8.0, 4.0, 4.0),
+        "head_dim": 32,
+    },
+}
+
+
+def clusterformer_preset(name: str) -> Dict[str, Any]:
+    """The architecture keyword arguments of a preset ("nano", "tiny", "small")."""
+    if name not in PRESETS:
+        raise KeyError(f"Unknown ClusterFormer preset {name!r}; choose from {sorted(PRESETS)}.")
+    return dict(PRESETS[name])
+
+
+def build_clusterformer_backbone(preset: str = "tiny", **overrides: Any) -> ClusterFormerBackbone:
+    """A :class:`ClusterFormerBackbone` from a preset, any keyword argument overridden."""
+    return ClusterFormerBackbone(**{**clusterformer_preset(preset), **overrides})
+
+
+def clusterformer_nano(**overrides: Any) -> ClusterFormerBackbone:
+    return build_clusterformer_backbone("nano", **overrides)
+
+
+def clusterformer_tiny(**overrides: Any) -> ClusterFormerBackbone:
+    return build_clusterformer_backbone("tiny", **overrides)
+
+
+def clusterformer_small(**overrides: Any) -> ClusterFormerBackbone:
+    return build_clusterformer_backbone("small", **overrides)
+
+
+def num_stages_needed(out_features: Sequence[str]) -> int:
+    """How many stages produce ``out_features`` (e.g. 4 when res5 is requested)."""
+    return max(STAGE_NAMES.index(f) for f in out_features) + 1

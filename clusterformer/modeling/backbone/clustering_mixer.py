@@ -1,0 +1,276 @@
+"""The token mixer of the ClusterFormer backbone: recurrent cross-attention clustering in windows.
+
+Per head and per spatial window of tokens (see :mod:`.windows`), with points ``Q``, keys ``K`` and
+values ``V`` from 1x1 projections of the input:
+
+1. centres ``C`` start as the adaptive average pooling of ``Q`` (valid tokens only) to a k x k grid;
+2. :class:`RecurrentClusteringAttention` runs T E-step / M-step iterations with shared weights;
+3. :class:`FeatureDispatch` writes the centres back into the tokens (soft or hard);
+4. a 1x1 output projection mixes the heads.
+
+All clustering arithmetic (from the window partition to the dispatched tokens) runs in float32
+(float64 for a float64 module) with autocast disabled, so mixed precision changes only the 1x1
+projections.
+"""
+
+import contextlib
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .windows import (
+    WindowGeometry,
+    centre_pooling_weights,
+    partition_windows,
+    reverse_window_indices,
+    reverse_windows,
+    valid_token_mask,
+)
+
+TEMPERATURES = ("none", "inv_sqrt_dim")
+MSTEP_NORMALIZATIONS = ("mean", "sum")
+ASSIGNMENT_SOFTMAX_AXES = ("clusters", "tokens")
+DISPATCH_MODES = ("soft", "hard")
+
+
+def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+def autocast_disabled(device: torch.device):
+    """A context with autocast off for ``device`` (a no-op for device types autocast lacks)."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
+
+
+class RecurrentClusteringAttention(nn.Module):
+    """T iterations of E-step / M-step between centres and the tokens of their window.
+
+    E-step: ``A = softmax((W_c C) K^T * tau)``, over the cluster axis by default (each token
+    distributes one unit of mass over the centres; the paper), or over the token axis (ordinary
+    cross-attention; ablation). ``W_c`` is a ``head_dim x head_dim`` linear map shared by all heads,
+    windows and iterations, initialised to the identity so the first E-step compares the pooled
+    points with the keys. Padded tokens get zero assignment.
+
+    M-step: ``C = A V / A.sum(tokens)`` ("mean": each centre is the assignment-weighted mean of the
+    values) or ``C = A V`` ("sum", the first code upload). With the token-axis softmax the two are
+    the same (columns of A sum to 1), so no division is done.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        iterations: int = 3,
+        temperature: str = "none",
+        mstep_normalization: str = "mean",
+        assignment_softmax: str = "clusters",
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}.")
+        _check_choice("temperature", temperature, TEMPERATURES)
+        _check_choice("mstep_normalization", mstep_normalization, MSTEP_NORMALIZATIONS)
+        _check_choice("assignment_softmax", assignment_softmax, ASSIGNMENT_SOFTMAX_AXES)
+        self.iterations = iterations
+        self.temperature = temperature
+        self.mstep_normalization = mstep_normalization
+        self.assignment_softmax = assignment_softmax
+        self.eps = eps
+        self.scale = 1.0 / math.sqrt(head_dim) if temperature == "inv_sqrt_dim" else 1.0
+        self.centre_proj = nn.Linear(head_dim, head_dim)
+        nn.init.eye_(self.centre_proj.weight)
+        nn.init.zeros_(self.centre_proj.bias)
+
+    def forward(
+        self, centres: Tensor, keys: Tensor, values: Tensor, valid: Optional[Tensor] = None
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """
+        Args:
+            centres: (..., K, d) initial centres.
+            keys, values: (..., N, d) tokens of each window.
+            valid: (N,) or (num_windows, N) bool (broadcast against the last dims of the
+                assignment, i.e. ``(..., num_windows, K, N)``), False for padded tokens; None
+                when every token is real.
+        Returns:
+            the final centres (..., K, d) and the assignment ``A`` (..., K, N) of every iteration.
+        """
+        keys_t = keys.transpose(-2, -1)
+        # Parameters follow the compute dtype (float32 also for a bf16/fp16 module).
+        weight = self.centre_proj.weight.to(keys.dtype)
+        bias = self.centre_proj.bias.to(keys.dtype)
+        valid_k = None if valid is None else valid.unsqueeze(-2)  # (..., 1, N)
+        assignments: List[Tensor] = []
+        for _ in range(self.iterations):
+            query = F.linear(centres, weight, bias)
+            if self.scale != 1.0:
+                query = query * self.scale  # scaling (K, d) is cheaper than scaling (K, N)
+            logits = torch.matmul(query, keys_t)  # (..., K, N)
+            if self.assignment_softmax == "clusters":
+                assignment = logits.softmax(dim=-2)
+                if valid_k is not None:
+                    assignment = assignment * valid_k
+            else:
+                if valid_k is not None:
+                    logits = logits.masked_fill(~valid_k, float("-inf"))
+                assignment = logits.softmax(dim=-1)
+            centres = torch.matmul(assignment, values)  # (..., K, d)
+            if self.mstep_normalization == "mean" and self.assignment_softmax == "clusters":
+                mass = assignment.sum(dim=-1, keepdim=True)
+                centres = centres / mass.clamp(min=self.eps)
+            assignments.append(assignment)
+        return centres, assignments
+
+
+class FeatureDispatch(nn.Module):
+    """Writes the centres back into the tokens, weighted by a learned similarity.
+
+    ``S = sigmoid(beta + alpha * cos(C, Q))`` (K x N per head and window; alpha, beta learned
+    scalars, init 1 and 0).
+
+    - "soft" (paper Eq. 6): each token receives ``GELU(W_d mean_k(S_k C_k))``, with ``W_d`` a
+      ``head_dim x head_dim`` linear map shared by the heads; with the mixer's output projection
+      this forms the two-layer MLP of Eq. 6 (the block's residual adds ``p``).
+    - "hard" (the released code, from Context Clusters): each token belongs to its argmax centre
+      ``k(i)`` only. Cluster k's message is the similarity-weighted mean
+      ``g_k = (C_k + sum_{i in k} S_ki V_i) / (1 + |k|)`` (the M-step centre counts as one member;
+      the released code used the pooled values there), and token i receives ``S_{k(i) i} g_{k(i)}``.
+      Padded tokens belong to no cluster.
+    """
+
+    def __init__(self, head_dim: int, mode: str = "soft") -> None:
+        super().__init__()
+        _check_choice("dispatch", mode, DISPATCH_MODES)
+        self.mode = mode
+        self.alpha = nn.Parameter(torch.ones(1))
+        self.beta = nn.Parameter(torch.zeros(1))
+        self.dispatch_proj = nn.Linear(head_dim, head_dim) if mode == "soft" else None
+
+    def similarity(self, centres: Tensor, points: Tensor) -> Tensor:
+        """(..., K, d) centres and (..., N, d) points -> (..., K, N) similarity in (0, 1)."""
+        cosine = torch.matmul(
+            F.normalize(centres, dim=-1), F.normalize(points, dim=-1).transpose(-2, -1)
+        )
+        alpha, beta = self.alpha.to(cosine.dtype), self.beta.to(cosine.dtype)
+        return torch.sigmoid(beta + alpha * cosine)
+
+    def forward(
+        self, centres: Tensor, points: Tensor, values: Tensor, valid: Optional[Tensor] = None
+    ) -> Tensor:
+        """
+        Args:
+            centres: (..., K, d); points, values: (..., N, d); valid: as in
+                :meth:`RecurrentClusteringAttention.forward`.
+        Returns:
+            (..., N, d) the dispatched token features.
+        """
+        similarity = self.similarity(centres, points)
+        if self.mode == "soft":
+            mixed = torch.matmul(similarity.transpose(-2, -1), centres) / centres.shape[-2]
+            proj = self.dispatch_proj
+            return F.gelu(F.linear(mixed, proj.weight.to(mixed.dtype), proj.bias.to(mixed.dtype)))
+        membership = torch.zeros_like(similarity).scatter_(
+            -2, similarity.argmax(dim=-2, keepdim=True), 1.0
+        )
+        if valid is not None:
+            membership = membership * valid.unsqueeze(-2)
+        weights = similarity * membership  # (..., K, N), one non-zero per real token
+        cluster_size = membership.sum(dim=-1, keepdim=True)
+        messages = (centres + torch.matmul(weights, values)) / (1.0 + cluster_size)
+        return torch.matmul(weights.transpose(-2, -1), messages)
+
+
+class ClusteringMixer(nn.Module):
+    """Window clustering token mixer: (B, dim, H, W) -> (B, dim, H, W).
+
+    Args:
+        dim: input/output channels.
+        num_heads, head_dim: heads of the Q/K/V projections (inner width num_heads * head_dim).
+        window_size: S, windows of S x S tokens (``min(S, H) x min(S, W)`` on smaller maps).
+        centers_per_window: k, the centres of a window are a k x k adaptive-pooling grid.
+        iterations, temperature, mstep_normalization, assignment_softmax: see
+            :class:`RecurrentClusteringAttention`.
+        dispatch: "soft" or "hard", see :class:`FeatureDispatch`.
+
+    Set ``record_assignments = True`` to keep, after each forward, ``last_assignment``: the
+    per-pixel cluster index of the last E-step, (B, heads, H, W) int64 with ids unique across
+    windows (``window_index * k*k + centre``; argmax over the centres).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int = 32,
+        window_size: int = 7,
+        centers_per_window: int = 2,
+        iterations: int = 3,
+        temperature: str = "none",
+        mstep_normalization: str = "mean",
+        assignment_softmax: str = "clusters",
+        dispatch: str = "soft",
+    ) -> None:
+        super().__init__()
+        if window_size < 1 or centers_per_window < 1:
+            raise ValueError(
+                f"window_size and centers_per_window must be >= 1, got {window_size} and "
+                f"{centers_per_window}."
+            )
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.window_size = window_size
+        self.centers_per_window = centers_per_window
+        inner = num_heads * head_dim
+        # Points, keys and values in one 1x1 convolution: channels ordered (Q|K|V, head, d).
+        self.qkv = nn.Conv2d(dim, 3 * inner, kernel_size=1)
+        self.clustering = RecurrentClusteringAttention(
+            head_dim,
+            iterations=iterations,
+            temperature=temperature,
+            mstep_normalization=mstep_normalization,
+            assignment_softmax=assignment_softmax,
+        )
+        self.dispatch = FeatureDispatch(head_dim, mode=dispatch)
+        self.proj = nn.Conv2d(inner, dim, kernel_size=1)
+        self.record_assignments = False
+        self.last_assignment: Optional[Tensor] = None
+
+    @property
+    def num_centres(self) -> int:
+        return self.centers_per_window**2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, dim, H, W) -> (B, dim, H, W)."""
+        if x.dim() != 4:
+            raise ValueError(f"ClusteringMixer expects (B, C, H, W), got shape {tuple(x.shape)}.")
+        H, W = x.shape[-2:]
+        geometry = WindowGeometry.for_map(H, W, self.window_size)
+        qkv = self.qkv(x)
+        windows = partition_windows(qkv, geometry, groups=3, heads=self.num_heads)
+        # float32 at least (float64 stays float64, for reference checks).
+        compute_dtype = torch.promote_types(windows.dtype, torch.float32)
+        with autocast_disabled(x.device):
+            points, keys, values = windows.to(compute_dtype).unbind(0)  # (B, heads, nW, N, d)
+            valid = valid_token_mask(geometry, x.device)
+            pooling = centre_pooling_weights(
+                geometry, self.centers_per_window, x.device, compute_dtype
+            )
+            centres = torch.matmul(pooling, points)  # (B, heads, nW, K, d)
+            centres, assignments = self.clustering(centres, keys, values, valid)
+            tokens = self.dispatch(centres, points, values, valid)
+        if self.record_assignments:
+            self.last_assignment = self._cluster_index_map(assignments[-1], geometry)
+        return self.proj(reverse_windows(tokens.to(qkv.dtype), geometry))
+
+    def _cluster_index_map(self, assignment: Tensor, geometry: WindowGeometry) -> Tensor:
+        """(B, heads, nW, K, N) assignment -> (B, heads, H, W) int64 cluster ids."""
+        with torch.no_grad():
+            centre = assignment.argmax(dim=-2)  # (B, heads, nW, N)
+            offsets = torch.arange(geometry.num_windows, device=centre.device) * self.num_centres
+            return reverse_window_indices(centre + offsets.view(-1, 1), geometry)
