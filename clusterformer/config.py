@@ -120,7 +120,6 @@ def add_segmentation_config(cfg: CN) -> None:
     d.TEST.DETECTION_ON = False
     d.TEST.OBJECT_MASK_THRESHOLD = 0.8
     d.TEST.OVERLAP_THRESHOLD = 0.8
-    d.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
 
 def add_detection_config(cfg: CN) -> None:
