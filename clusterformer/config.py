@@ -148,6 +148,13 @@ def add_input_config(cfg: CN) -> None:
     i.MIN_SCALE = 0.1
     i.MAX_SCALE = 2.0
     i.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # detr_detection mapper: "detr" (multi-scale resize, random crop half of the time; DINO's
+    # COCO recipe) or "lsj" (the large-scale jitter above).
+    i.DETECTION_AUGMENTATION = "detr"
+    # DETR's crop branch: resize the short side to one of these, then crop INPUT.CROP.SIZE
+    # (INPUT.CROP.TYPE "absolute_range", SIZE (384, 600) in DETR), then the multi-scale resize.
+    i.DETR_PRE_CROP_MIN_SIZES = [400, 500, 600]
+    i.DETR_CROP_PROBABILITY = 0.5
 
 
 def add_solver_config(cfg: CN) -> None:

@@ -1,0 +1,87 @@
+"""COCO instance annotations (``annotations`` of a Detectron2 data set dict) through augmentation.
+
+Segmentations (polygons or RLE) are decoded to binary masks at the original image size and then
+transformed like a label map. Transforming polygons instead would need shapely for crops (which
+Detectron2 does not require), and the mask route treats polygons and RLE the same way.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
+
+from .targets import coco_segmentation_to_mask
+
+
+def non_crowd_annotations(annotations: Sequence[dict]) -> List[dict]:
+    """Annotations without ``iscrowd`` set (crowd regions are not training targets)."""
+    return [a for a in annotations if not a.get("iscrowd", 0)]
+
+
+def check_annotation_categories(
+    annotations: Sequence[dict], num_classes: int, file_name: str
+) -> None:
+    """Raise naming the image file when an annotation's contiguous ``category_id`` is unknown."""
+    for index, annotation in enumerate(annotations):
+        category_id = annotation["category_id"]
+        if not isinstance(category_id, (int, np.integer)) or not 0 <= category_id < num_classes:
+            raise ValueError(
+                f"Annotation #{index} of {file_name!r} has unknown category id {category_id!r}; "
+                f"expected a contiguous id in [0, {num_classes})"
+            )
+
+
+def transform_annotation_masks(
+    annotations: Sequence[dict],
+    transforms: T.TransformList,
+    original_hw: Tuple[int, int],
+    valid: np.ndarray,
+    file_name: str,
+) -> List[np.ndarray]:
+    """Decode each annotation's ``segmentation`` and transform it: list of ``(H', W')`` bool masks,
+    with padded pixels (``valid`` False) cleared."""
+    height, width = original_hw
+    masks = []
+    for index, annotation in enumerate(annotations):
+        if "segmentation" not in annotation:
+            raise KeyError(f"Annotation #{index} of {file_name!r} has no 'segmentation'")
+        mask = coco_segmentation_to_mask(
+            annotation["segmentation"], height, width, file_name, index
+        )
+        # uint8 so that Detectron2 resizes it with PIL nearest-neighbour, as it does label maps.
+        transformed = transforms.apply_segmentation(mask.astype(np.uint8)) == 1
+        masks.append(transformed & valid)
+    return masks
+
+
+def transform_annotation_boxes(
+    annotations: Sequence[dict],
+    transforms: T.TransformList,
+    image_hw: Tuple[int, int],
+    file_name: str,
+) -> np.ndarray:
+    """``(N, 4)`` float32 absolute XYXY boxes: each annotation's ``bbox`` (in its ``bbox_mode``)
+    transformed and clipped to the output image."""
+    if not annotations:
+        return np.zeros((0, 4), dtype=np.float32)
+    boxes = []
+    for index, annotation in enumerate(annotations):
+        if "bbox" not in annotation or "bbox_mode" not in annotation:
+            raise KeyError(f"Annotation #{index} of {file_name!r} needs 'bbox' and 'bbox_mode'")
+        boxes.append(
+            BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"], BoxMode.XYXY_ABS)
+        )
+    boxes = np.asarray(boxes, dtype=np.float64)
+    boxes = transforms.apply_box(boxes)
+    height, width = image_hw
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes.astype(np.float32)
+
+
+def annotation_classes(annotations: Sequence[dict]) -> List[int]:
+    """The contiguous ``category_id`` of each annotation."""
+    return [int(a["category_id"]) for a in annotations]

@@ -1,0 +1,163 @@
+"""Training targets shared by the mappers: per-segment binary masks -> Detectron2 ``Instances``.
+
+Every segmentation mapper returns the same target schema, ``Instances`` of the (padded) image
+size with
+
+* ``gt_classes``: ``(N,)`` int64 contiguous class ids,
+* ``gt_masks``: :class:`BitMasks` over a ``(N, H, W)`` bool tensor (``.tensor`` for the raw masks),
+* ``gt_boxes``: :class:`Boxes` ``(N, 4)`` float32, absolute XYXY, the tight box of each mask.
+
+Masks that are empty after augmentation (a segment cropped away) are dropped: an empty target
+mask only teaches a query to predict a class with nothing to segment.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Sequence, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+import torch.nn.functional as F
+from detectron2.structures import BitMasks, Instances
+
+
+def instances_from_masks(
+    masks: Sequence[np.ndarray], classes: Sequence[int], image_hw: Tuple[int, int]
+) -> Instances:
+    """Build target ``Instances`` from ``N`` boolean ``(H, W)`` masks and their class ids.
+
+    Empty masks are dropped; boxes are the tight XYXY boxes of the masks (x1/y1 exclusive).
+    """
+    height, width = image_hw
+    kept_masks: List[np.ndarray] = []
+    kept_classes: List[int] = []
+    for mask, class_id in zip(masks, classes):
+        if mask.shape != (height, width):
+            raise ValueError(f"mask of shape {mask.shape} for an image of size {(height, width)}")
+        if mask.any():
+            kept_masks.append(mask)
+            kept_classes.append(int(class_id))
+    instances = Instances((height, width))
+    instances.gt_classes = torch.tensor(kept_classes, dtype=torch.int64)
+    if kept_masks:
+        mask_tensor = torch.from_numpy(np.ascontiguousarray(np.stack(kept_masks)).astype(bool))
+    else:
+        mask_tensor = torch.zeros((0, height, width), dtype=torch.bool)
+    bit_masks = BitMasks(mask_tensor)
+    instances.gt_masks = bit_masks
+    instances.gt_boxes = bit_masks.get_bounding_boxes()
+    return instances
+
+
+def semantic_to_masks(sem_seg: np.ndarray, ignore_label: int) -> Tuple[List[np.ndarray], List[int]]:
+    """One mask per class present in the ``(H, W)`` label map (``ignore_label`` excluded)."""
+    classes = [int(c) for c in np.unique(sem_seg) if c != ignore_label]
+    return [sem_seg == c for c in classes], classes
+
+
+def check_semantic_labels(
+    labels: np.ndarray, num_classes: int, ignore_label: int, file_name: str
+) -> None:
+    """Raise if a label map holds values that are neither a class id nor ``ignore_label``."""
+    values = np.unique(labels)
+    bad = [v for v in values.tolist() if v != ignore_label and not 0 <= v < num_classes]
+    if bad:
+        raise ValueError(
+            f"Semantic annotation {file_name!r} contains label values {bad[:10]} outside "
+            f"[0, {num_classes}) and different from the ignore label {ignore_label}"
+        )
+
+
+def check_segment_categories(
+    segments_info: Iterable[dict], num_classes: int, annotation_file: str
+) -> None:
+    """Raise naming the file when a segment's ``category_id`` is not a contiguous id of the data set."""
+    for segment in segments_info:
+        category_id = segment["category_id"]
+        if not isinstance(category_id, (int, np.integer)) or not 0 <= category_id < num_classes:
+            raise ValueError(
+                f"Segment id {segment.get('id')} in {annotation_file!r} has unknown category id "
+                f"{category_id!r}; expected a contiguous id in [0, {num_classes})"
+            )
+
+
+def panoptic_to_masks(
+    segment_ids: np.ndarray, segments_info: Iterable[dict]
+) -> Tuple[List[np.ndarray], List[int]]:
+    """One mask per non-crowd segment of a ``(H, W)`` panoptic id map (things and stuff alike)."""
+    masks, classes = [], []
+    for segment in segments_info:
+        if segment.get("iscrowd", 0):
+            continue
+        masks.append(segment_ids == segment["id"])
+        classes.append(int(segment["category_id"]))
+    return masks, classes
+
+
+def panoptic_to_semantic(
+    segment_ids: np.ndarray, segments_info: Iterable[dict], ignore_label: int
+) -> np.ndarray:
+    """``(H, W)`` label map of a panoptic id map: each segment's category (crowd segments
+    included, as in the semantic PNGs prepared from panoptic ones), void = ``ignore_label``.
+
+    uint8 when every value fits (Detectron2 then resizes it with PIL like the image), else
+    float64 (Detectron2's resize of other dtypes goes through float torch interpolation).
+    """
+    segments_info = list(segments_info)
+    largest = max([ignore_label] + [int(s["category_id"]) for s in segments_info])
+    dtype = np.uint8 if 0 <= largest <= 255 else np.float64
+    labels = np.full(segment_ids.shape, ignore_label, dtype=dtype)
+    for segment in segments_info:
+        labels[segment_ids == segment["id"]] = segment["category_id"]
+    return labels
+
+
+def coco_segmentation_to_mask(
+    segmentation, height: int, width: int, file_name: str, annotation_index: int
+) -> np.ndarray:
+    """Decode a COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to ``(H, W)`` bool.
+
+    Polygons with fewer than 3 points are skipped (COCO has a few); an RLE whose ``size`` is not
+    the image's raises, naming the image file and the annotation index.
+    """
+    where = f"annotation #{annotation_index} of {file_name!r}"
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+        if not polygons:
+            return np.zeros((height, width), dtype=bool)
+        rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation, dict):
+        if list(segmentation.get("size", [])) != [height, width]:
+            raise ValueError(
+                f"RLE of {where} has size {segmentation.get('size')}, but the image is "
+                f"{[height, width]} (H, W)"
+            )
+        counts = segmentation["counts"]
+        rle = (
+            mask_util.frPyObjects(segmentation, height, width)
+            if isinstance(counts, list)
+            else segmentation
+        )
+    else:
+        raise TypeError(
+            f"{where} has a segmentation of type {type(segmentation).__name__}; "
+            "expected a list of polygons or an RLE dict"
+        )
+    return mask_util.decode(rle).astype(bool)
+
+
+def pad_to_divisibility(size_divisibility: int, hw: Tuple[int, int]) -> Tuple[int, int]:
+    """Bottom/right padding ``(pad_h, pad_w)`` that makes ``hw`` a multiple of ``size_divisibility``."""
+    if size_divisibility <= 0:
+        return 0, 0
+    height, width = hw
+    return (-height) % size_divisibility, (-width) % size_divisibility
+
+
+def pad_bottom_right(tensor: torch.Tensor, pad_hw: Tuple[int, int], value: float) -> torch.Tensor:
+    """Pad the last two dims of ``tensor`` at the bottom and right by ``pad_hw`` with ``value``."""
+    pad_h, pad_w = pad_hw
+    if pad_h == 0 and pad_w == 0:
+        return tensor
+    return F.pad(tensor, (0, pad_w, 0, pad_h), value=value).contiguous()

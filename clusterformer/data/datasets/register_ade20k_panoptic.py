@@ -1,0 +1,133 @@
+"""ADE20K panoptic segmentation (150 classes, 100 things): ``ade20k_panoptic_{train,val}``.
+
+Expected under ``$DETECTRON2_DATASETS/ADEChallengeData2016``: ``images/{training,validation}``,
+``ade20k_panoptic_{train,val}/`` PNGs and ``ade20k_panoptic_{train,val}.json`` (COCO panoptic
+format, written by ``datasets/prepare_ade20k_pan_seg.py``) and ``annotations_detectron2/`` (for
+the semantic evaluator, from ``datasets/prepare_ade20k_sem_seg.py``).
+
+No instance JSON is registered (``json_file`` is unset), so the evaluators report PQ and mIoU but
+no instance AP on these names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .ade20k_categories import ade20k_categories
+from .dataset_paths import datasets_root, require_paths
+from .panoptic_json import check_first_record_files, load_panoptic_json
+
+# name: (image_root, panoptic_root, panoptic_json, sem_seg_root), under the root.
+ADE20K_PANOPTIC_SPLITS = {
+    "ade20k_panoptic_train": (
+        "ADEChallengeData2016/images/training",
+        "ADEChallengeData2016/ade20k_panoptic_train",
+        "ADEChallengeData2016/ade20k_panoptic_train.json",
+        "ADEChallengeData2016/annotations_detectron2/training",
+    ),
+    "ade20k_panoptic_val": (
+        "ADEChallengeData2016/images/validation",
+        "ADEChallengeData2016/ade20k_panoptic_val",
+        "ADEChallengeData2016/ade20k_panoptic_val.json",
+        "ADEChallengeData2016/annotations_detectron2/validation",
+    ),
+}
+
+
+def ade20k_panoptic_metadata() -> Dict[str, Any]:
+    """Names, colours and id maps; the panoptic JSON's category ids are the contiguous ids 0..149.
+
+    As for COCO panoptic, ``stuff_*`` covers all 150 classes and ``thing_*`` the 100 things with
+    their ids in the 150-class space.
+    """
+    categories = ade20k_categories()
+    things = [c for c in categories if c["isthing"]]
+    return {
+        "thing_classes": [c["name"] for c in things],
+        "thing_colors": [c["color"] for c in things],
+        "stuff_classes": [c["name"] for c in categories],
+        "stuff_colors": [c["color"] for c in categories],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: c["id"] for c in things},
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: c["id"] for c in categories},
+    }
+
+
+def check_json_categories(panoptic_json: str) -> None:
+    """The JSON's categories must be the 150 ADE20K classes with the same thing / stuff split."""
+    with open(panoptic_json) as f:
+        categories = json.load(f).get("categories", [])
+    expected = {c["id"]: c["isthing"] for c in ade20k_categories()}
+    found = {c["id"]: int(c.get("isthing", 0)) for c in categories}
+    if found != expected:
+        differing = sorted(set(found.items()) ^ set(expected.items()))[:5]
+        raise ValueError(
+            f"{panoptic_json!r}: its categories are not the 150 ADE20K classes with the expected "
+            f"thing/stuff split (first differences as (id, isthing): {differing}); "
+            "re-create it with datasets/prepare_ade20k_pan_seg.py"
+        )
+
+
+def register_ade20k_panoptic(
+    name: str,
+    metadata: Dict[str, Any],
+    image_root: str,
+    panoptic_root: str,
+    panoptic_json: str,
+    sem_seg_root: str,
+) -> None:
+    """Register ``name``: ADE20K panoptic in COCO format (read lazily)."""
+
+    def load():
+        require_paths(name, {"image folder": image_root})
+        require_paths(
+            name,
+            {"panoptic PNG folder": panoptic_root, "panoptic JSON": panoptic_json},
+            how_to_make="Create them with datasets/prepare_ade20k_pan_seg.py",
+        )
+        require_paths(
+            name,
+            {"semantic label folder": sem_seg_root},
+            how_to_make="Create it with datasets/prepare_ade20k_sem_seg.py",
+        )
+        check_json_categories(panoptic_json)
+        dataset_dicts = load_panoptic_json(
+            panoptic_json,
+            image_root,
+            panoptic_root,
+            sem_seg_root,
+            metadata["thing_dataset_id_to_contiguous_id"],
+            metadata["stuff_dataset_id_to_contiguous_id"],
+        )
+        check_first_record_files(name, dataset_dicts)
+        return dataset_dicts
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        image_root=image_root,
+        panoptic_root=panoptic_root,
+        panoptic_json=panoptic_json,
+        sem_seg_root=sem_seg_root,
+        evaluator_type="ade20k_panoptic_seg",
+        ignore_label=255,
+        label_divisor=1000,
+        **metadata,
+    )
+
+
+def register_all_ade20k_panoptic(root: str) -> None:
+    """Register both splits found under ``root`` (nothing is read now)."""
+    metadata = ade20k_panoptic_metadata()
+    for name, relative_paths in ADE20K_PANOPTIC_SPLITS.items():
+        image_root, panoptic_root, panoptic_json, sem_seg_root = (
+            os.path.join(root, p) for p in relative_paths
+        )
+        register_ade20k_panoptic(
+            name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root
+        )
+
+
+register_all_ade20k_panoptic(datasets_root())
