@@ -1,0 +1,404 @@
+"""The "shapes" data set: a small synthetic data set in the exact formats of COCO 2017.
+
+It lets ClusterFormer be trained and evaluated on a laptop CPU in minutes, and lets the tests run
+Detectron2's standard evaluators unchanged. Images show 4 kinds of "things" (circle, square,
+triangle, star; random colour, size, rotation; later ones occlude earlier ones) on 3 kinds of
+textured "stuff" regions (sky, grass, wall) laid out by random wavy curves. Category ids are
+non-contiguous, as in COCO, so the id mappings are exercised.
+
+Layout written under ``root`` (default ``$DETECTRON2_DATASETS/shapes``, with
+``DETECTRON2_DATASETS`` defaulting to ``datasets``)::
+
+    manifest.json                      # generator version + parameters; written last
+    {train,val}/<image id>.png         # RGB images (PNG, lossless)
+    annotations/instances_{split}.json # COCO instances: things only, polygons or RLE
+    annotations/panoptic_{split}.json  # COCO panoptic: segments_info, things and stuff
+    panoptic_{split}/<image id>.png    # RGB, segment id = R + 256 G + 256^2 B, 0 = void
+    panoptic_semseg_{split}/<image id>.png  # uint8, contiguous id over all categories, 255 = void
+    classification/{split}/<class>/*.png    # one dominant thing per image, 64 x 64
+
+Annotations describe the *visible* part of every thing. A thing whose visible area is below
+``min_visible_area`` is not annotated: its pixels are void (0 in the panoptic PNG, 255 in the
+semantic PNG), as COCO leaves unlabeled pixels. An instance is stored as polygons (one per
+4-connected part, exact: they follow pixel edges) unless its visible mask has a hole (a thing
+nested inside it), in which case it is a compressed RLE; both occur.
+
+The data set is generated on first use by :func:`ensure_shapes`, into a temporary folder that is
+renamed into place once complete, under an exclusive file lock, so that concurrent processes
+(DDP workers) wait for one generation. A different generator version or parameters trigger a
+new generation. Command line: ``python -m clusterformer.data.datasets.shapes --root DIR``.
+
+This module needs numpy and Pillow only (no detectron2, no pycocotools).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import glob
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from .mask_encoding import encode_rle, id2rgb, mask_bbox, mask_to_polygons
+from .shapes_scene import render_classification_image, render_scene
+from .shapes_spec import (
+    CATEGORIES,
+    SPLITS,
+    STUFF_CATEGORIES,
+    THING_CATEGORIES,
+    ShapesConfig,
+    ShapesSplitPaths,
+    default_root,
+    split_paths,
+)
+
+__all__ = [
+    "CATEGORIES",
+    "GENERATOR_VERSION",
+    "SPLITS",
+    "STUFF_CATEGORIES",
+    "THING_CATEGORIES",
+    "ShapesConfig",
+    "ShapesSplitPaths",
+    "default_root",
+    "ensure_shapes",
+    "generate_shapes",
+    "is_up_to_date",
+    "read_manifest",
+    "split_paths",
+]
+
+logger = logging.getLogger(__name__)
+
+# Bump whenever the output for given parameters changes: cached data sets are then regenerated.
+GENERATOR_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+# Image ids are unique over both splits, as in COCO.
+_FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001}
+# Independent random streams: (seed, stream, split, index...) seeds one generator per image.
+_STREAM_SCENE, _STREAM_CLASSIFICATION, _STREAM_SEGMENT_IDS = 0, 1, 2
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+
+def _rng(config: ShapesConfig, stream: int, split: str, *indices: int) -> np.random.Generator:
+    key = [config.seed, stream, SPLITS.index(split), *indices]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def _save_png(array: np.ndarray, path: str) -> None:
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+
+
+def _unique_segment_id(rng: np.random.Generator, color: List[int], taken: set) -> int:
+    """A panoptic segment id near the category colour, as panopticapi's IdGenerator makes them."""
+    candidate = color
+    while True:
+        segment_id = int(candidate[0] + 256 * candidate[1] + 256 * 256 * candidate[2])
+        if segment_id not in taken and segment_id != 0:
+            taken.add(segment_id)
+            return segment_id
+        candidate = np.clip(np.asarray(color) + rng.integers(-40, 41, size=3), 0, 255).tolist()
+
+
+def _annotate_scene(
+    config: ShapesConfig,
+    split: str,
+    index: int,
+    image_id: int,
+    file_stem: str,
+    next_annotation_id: int,
+    paths: ShapesSplitPaths,
+) -> Tuple[dict, List[dict], dict]:
+    """Render one scene and write its three PNGs.
+
+    Returns:
+        the COCO ``images`` entry, its instance annotations (ids from ``next_annotation_id``),
+        and its panoptic annotation.
+    """
+    height, width = config.image_height, config.image_width
+    scene = render_scene(
+        _rng(config, _STREAM_SCENE, split, index),
+        height,
+        width,
+        config.min_things,
+        config.max_things,
+    )
+    id_rng = _rng(config, _STREAM_SEGMENT_IDS, split, index)
+    panoptic = np.zeros((height, width), dtype=np.int64)
+    semantic = np.full((height, width), 255, dtype=np.uint8)
+    segments_info, instance_annotations, taken_ids = [], [], set()
+
+    def add_segment(category_index: int, mask: np.ndarray) -> dict:
+        category = CATEGORIES[category_index]
+        segment_id = _unique_segment_id(id_rng, category["color"], taken_ids)
+        panoptic[mask] = segment_id
+        semantic[mask] = category_index
+        info = {
+            "id": segment_id,
+            "category_id": category["id"],
+            "iscrowd": 0,
+            "bbox": mask_bbox(mask),
+            "area": int(mask.sum()),
+        }
+        segments_info.append(info)
+        return info
+
+    for stuff_index in range(len(STUFF_CATEGORIES)):
+        mask = (scene.stuff == stuff_index) & (scene.instances < 0)
+        if mask.any():
+            add_segment(len(THING_CATEGORIES) + stuff_index, mask)
+    for thing_index, thing in enumerate(scene.things):
+        mask = scene.instances == thing_index
+        if mask.sum() < config.min_visible_area:
+            continue  # left void, like unlabeled pixels in COCO
+        info = add_segment(thing.kind, mask)
+        polygons, has_holes = mask_to_polygons(mask)
+        instance_annotations.append(
+            {
+                "id": next_annotation_id + len(instance_annotations),
+                "image_id": image_id,
+                "category_id": info["category_id"],
+                # Polygons cannot express holes; COCO then stores the mask as RLE.
+                "segmentation": encode_rle(mask) if has_holes else polygons,
+                "area": info["area"],
+                "bbox": info["bbox"],
+                "iscrowd": 0,
+            }
+        )
+
+    file_name = f"{file_stem}.png"
+    _save_png(scene.image, os.path.join(paths.image_root, file_name))
+    _save_png(id2rgb(panoptic), os.path.join(paths.panoptic_root, file_name))
+    _save_png(semantic, os.path.join(paths.sem_seg_root, file_name))
+    image = {"id": image_id, "file_name": file_name, "height": height, "width": width}
+    panoptic_annotation = {
+        "image_id": image_id,
+        "file_name": file_name,
+        "segments_info": segments_info,
+    }
+    return image, instance_annotations, panoptic_annotation
+
+
+def _coco_header(split: str) -> dict:
+    return {
+        "info": {
+            "description": f"shapes {split}: synthetic data set of ClusterFormer",
+            "version": str(GENERATOR_VERSION),
+            "year": 2023,
+            "contributor": "clusterformer.data.datasets.shapes",
+            "date_created": "",
+        },
+        "licenses": [],
+    }
+
+
+def _write_json(obj: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, separators=(",", ":"))
+
+
+def _generate_split(root: str, config: ShapesConfig, split: str) -> Dict[str, int]:
+    paths = split_paths(root, split)
+    for folder in (paths.image_root, paths.panoptic_root, paths.sem_seg_root):
+        os.makedirs(folder, exist_ok=True)
+    images, instance_annotations, panoptic_annotations = [], [], []
+    for index in range(config.num_images(split)):
+        image_id = _FIRST_IMAGE_ID[split] + index
+        image, annotations, panoptic_annotation = _annotate_scene(
+            config, split, index, image_id, f"{image_id:012d}", len(instance_annotations) + 1, paths
+        )
+        images.append(image)
+        instance_annotations.extend(annotations)
+        panoptic_annotations.append(panoptic_annotation)
+
+    thing_categories = [
+        {k: c[k] for k in ("id", "name", "supercategory")} for c in THING_CATEGORIES
+    ]
+    instances = {
+        **_coco_header(split),
+        "images": images,
+        "annotations": instance_annotations,
+        "categories": thing_categories,
+    }
+    panoptic = {
+        **_coco_header(split),
+        "images": images,
+        "annotations": panoptic_annotations,
+        "categories": CATEGORIES,
+    }
+    _write_json(instances, paths.instances_json)
+    _write_json(panoptic, paths.panoptic_json)
+
+    per_class = config.classification_per_class(split)
+    for kind, category in enumerate(THING_CATEGORIES):
+        folder = os.path.join(paths.classification_root, category["name"])
+        os.makedirs(folder, exist_ok=True)
+        for index in range(per_class):
+            image = render_classification_image(
+                _rng(config, _STREAM_CLASSIFICATION, split, kind, index),
+                config.classification_image_size,
+                kind,
+            )
+            _save_png(image, os.path.join(folder, f"{category['name']}_{index:05d}.png"))
+    return {
+        "images": len(images),
+        "instances": len(instance_annotations),
+        "classification_images": per_class * len(THING_CATEGORIES),
+    }
+
+
+def _manifest_identity(config: ShapesConfig) -> dict:
+    return {
+        "generator": "clusterformer.data.datasets.shapes",
+        "version": GENERATOR_VERSION,
+        "params": dataclasses.asdict(config),
+    }
+
+
+def generate_shapes(root: str, config: Optional[ShapesConfig] = None) -> None:
+    """Write the whole data set into ``root`` (no caching, no locking: see :func:`ensure_shapes`).
+
+    The manifest is written last, so a folder with a manifest is complete.
+    """
+    config = config or ShapesConfig()
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    counts = {split: _generate_split(root, config, split) for split in SPLITS}
+    manifest = {**_manifest_identity(config), "counts": counts, "categories": CATEGORIES}
+    with open(os.path.join(root, MANIFEST_NAME), "w") as f:
+        json.dump(manifest, f, indent=2)
+
+
+# ---- caching ----------------------------------------------------------------------------------
+
+
+def read_manifest(root: str) -> Optional[dict]:
+    """The manifest of the data set at ``root``, or None if there is none (or it is unreadable)."""
+    try:
+        with open(os.path.join(root, MANIFEST_NAME)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_up_to_date(root: str, config: Optional[ShapesConfig] = None) -> bool:
+    """True when ``root`` holds a complete data set of this generator version and parameters."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        return False
+    identity = _manifest_identity(config or ShapesConfig())
+    return all(manifest.get(key) == value for key, value in identity.items())
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: str) -> Iterator[None]:
+    import fcntl  # POSIX only, like Detectron2's multi-process training
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_shapes(
+    root: Optional[str] = None, config: Optional[ShapesConfig] = None, force: bool = False
+) -> str:
+    """Make sure ``root`` holds the data set of ``config``, generating it if needed.
+
+    Safe under concurrency: generation happens under an exclusive lock (``.<name>.lock`` next to
+    ``root``) into a temporary folder renamed into place when complete; processes that waited
+    then find it done. Leftovers of an interrupted generation are removed.
+
+    Args:
+        root: data set folder; default :func:`default_root`.
+        config: generation parameters; default ``ShapesConfig()``.
+        force: regenerate even if an up-to-date data set exists, and replace a folder that is
+            not a shapes data set (otherwise that is an error, to never delete a user's files).
+
+    Returns:
+        ``root``.
+    """
+    root = root if root is not None else default_root()
+    config = config or ShapesConfig()
+    if not force and is_up_to_date(root, config):
+        return root
+    absolute = os.path.abspath(root)
+    parent, name = os.path.dirname(absolute), os.path.basename(absolute)
+    os.makedirs(parent, exist_ok=True)
+    with _exclusive_lock(os.path.join(parent, f".{name}.lock")):
+        if not force and is_up_to_date(root, config):
+            return root  # generated by another process while this one waited
+        # Only the lock holder creates these, so any that exist were left by a killed process.
+        for stale in glob.glob(os.path.join(parent, f".{name}.tmp-*")) + glob.glob(
+            os.path.join(parent, f".{name}.old-*")
+        ):
+            shutil.rmtree(stale, ignore_errors=True)
+        if os.path.exists(absolute) and read_manifest(absolute) is None and not force:
+            raise FileExistsError(
+                f"{absolute} exists but is not a generated shapes data set (no {MANIFEST_NAME}); "
+                "move it away or regenerate with force=True (--force)"
+            )
+        token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temporary = os.path.join(parent, f".{name}.tmp-{token}")
+        start = time.perf_counter()
+        logger.info("Generating the shapes data set into %s ...", absolute)
+        try:
+            generate_shapes(temporary, config)
+            if os.path.lexists(absolute):
+                previous = os.path.join(parent, f".{name}.old-{token}")
+                os.rename(absolute, previous)
+                os.rename(temporary, absolute)
+                shutil.rmtree(previous, ignore_errors=True)
+            else:
+                os.rename(temporary, absolute)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        logger.info(
+            "Generated the shapes data set in %s (%.1f s)", absolute, time.perf_counter() - start
+        )
+    return root
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    defaults = ShapesConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m clusterformer.data.datasets.shapes",
+        description="Generate the synthetic shapes data set (COCO instance/panoptic/semantic "
+        "formats plus classification folders). Does nothing if it is already up to date.",
+    )
+    parser.add_argument(
+        "--root", default=default_root(), help="output folder (default: %(default)s)"
+    )
+    parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    for field in dataclasses.fields(ShapesConfig):
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            type=int,
+            default=getattr(defaults, field.name),
+            help="default: %(default)s",
+        )
+    args = parser.parse_args(argv)
+    config = ShapesConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(ShapesConfig)}
+    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    root = ensure_shapes(args.root, config, force=args.force)
+    print(json.dumps(read_manifest(root)["counts"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
