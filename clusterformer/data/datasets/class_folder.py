@@ -6,7 +6,7 @@ registers such a folder in Detectron2's catalogs with ``evaluator_type="classifi
 """
 
 import os
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 IMAGE_EXTENSIONS = (
     ".jpg",
@@ -93,17 +93,24 @@ def load_class_folder(root: str, class_names: Optional[Sequence[str]] = None) ->
 
 
 def register_class_folder(
-    name: str, root: str, class_names: Optional[Sequence[str]] = None, **metadata
+    name: str,
+    root: str,
+    class_names: Optional[Sequence[str]] = None,
+    prepare: Optional[Callable[[], object]] = None,
+    **metadata,
 ) -> None:
     """Register a class-folder data set as ``name`` (lazily: the folder is read on first use).
 
     The metadata gets ``classes`` (when ``class_names`` is given; otherwise the loader sets it
     from the sub-folder names on first use), ``image_root=root``,
-    ``evaluator_type="classification"`` and ``metadata``.
+    ``evaluator_type="classification"`` and ``metadata``. ``prepare`` runs before each load
+    (to generate the folder, or to check that it exists with a helpful message).
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     def load() -> List[dict]:
+        if prepare is not None:
+            prepare()
         dataset_dicts = load_class_folder(root, class_names)
         meta = MetadataCatalog.get(name)
         if class_names is None and not hasattr(meta, "classes"):
