@@ -709,3 +709,54 @@ def test_configs_build_every_mapper_in_both_modes(coco, ade):
             mapper = build_dataset_mapper(cfg, is_train)
             assert mapper.is_train is is_train
     assert json.loads(json.dumps(MetadataCatalog.get(ade["panoptic_name"]).stuff_colors))
+
+
+# ---- what the mappers share: one error for non-panoptic dicts, one padding rule --------------
+
+
+@pytest.mark.parametrize(
+    "mapper_cls, mapper_name",
+    [
+        (COCOPanopticLSJDatasetMapper, "coco_panoptic_lsj"),
+        (MaskFormerPanopticDatasetMapper, "mask_former_panoptic"),
+    ],
+)
+@pytest.mark.parametrize("missing_key", ["pan_seg_file_name", "segments_info"])
+def test_panoptic_mappers_name_image_and_mapper_for_non_panoptic_dicts(
+    coco, mapper_cls, mapper_name, missing_key
+):
+    mapper = mapper_cls(True, augmentations=[], image_format="RGB")
+    record = {k: v for k, v in coco["panoptic_dicts"][0].items() if k != missing_key}
+    with pytest.raises(KeyError, match=rf"000000000001\.png.*pan_seg_file_name.*{mapper_name}"):
+        mapper(record)
+
+
+@pytest.mark.parametrize("mapper_cls", [COCOInstanceLSJDatasetMapper, DETRDetectionDatasetMapper])
+def test_instance_mappers_name_image_and_annotation_for_unknown_category(coco, mapper_cls):
+    mapper = mapper_cls(True, augmentations=[], image_format="RGB", num_classes=2)
+    unknown = copy.deepcopy(coco["instance_dicts"][0])
+    unknown["annotations"][0]["category_id"] = 5
+    with pytest.raises(ValueError, match=r"#0 of .*000000000001\.png.*unknown category id 5"):
+        mapper(unknown)
+
+
+def test_mask_former_panoptic_size_divisibility_padding(ade):
+    """Padding to a multiple of 20 (32 x 48 -> 40 x 60): image 0, sem_seg ignore, no segment
+    mask on the padding, and the unpadded part equal to the mapping without padding."""
+    kwargs = {"augmentations": [T.RandomFlip(prob=1.0)], "image_format": "RGB", "num_classes": 150}
+    record = ade["panoptic_dicts"][0]
+    unpadded = MaskFormerPanopticDatasetMapper(True, **kwargs)(record)
+    padded = MaskFormerPanopticDatasetMapper(True, size_divisibility=20, **kwargs)(record)
+    assert padded["image"].shape == (3, 40, 60) and padded["sem_seg"].shape == (40, 60)
+    padding = padded["padding_mask"]
+    assert padding[HEIGHT:].all() and padding[:, WIDTH:].all()
+    assert not padding[:HEIGHT, :WIDTH].any()
+    assert (padded["image"][:, padding] == 0).all() and (padded["sem_seg"][padding] == 255).all()
+    check_instances(padded["instances"], (40, 60), padding, num_classes=150)
+    assert torch.equal(padded["image"][:, :HEIGHT, :WIDTH], unpadded["image"])
+    assert torch.equal(padded["sem_seg"][:HEIGHT, :WIDTH], unpadded["sem_seg"])
+    assert padded["instances"].gt_classes.tolist() == unpadded["instances"].gt_classes.tolist()
+    assert torch.equal(
+        padded["instances"].gt_masks.tensor[:, :HEIGHT, :WIDTH],
+        unpadded["instances"].gt_masks.tensor,
+    )

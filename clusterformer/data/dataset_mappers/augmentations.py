@@ -8,9 +8,8 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
-import numpy as np
 from detectron2.data import transforms as T
 
 RANDOM_FLIP_CHOICES = ("none", "horizontal", "vertical")
@@ -127,13 +126,3 @@ def build_test_augmentations(min_size_test: int, max_size_test: int) -> List[T.A
     if min_size_test <= 0:
         return []
     return [T.ResizeShortestEdge(min_size_test, max_size_test)]
-
-
-def valid_pixels_after(transforms: T.TransformList, image_hw: Tuple[int, int]) -> np.ndarray:
-    """Boolean ``(H', W')`` map of output pixels that come from the input image (False = padding).
-
-    A map of ones goes through the same transforms as the labels; padding transforms fill label
-    maps with a value other than 1 (FixedSizeCrop uses 255), so it shows where padding went.
-    """
-    ones = np.ones(image_hw, dtype=np.uint8)
-    return transforms.apply_segmentation(ones) == 1

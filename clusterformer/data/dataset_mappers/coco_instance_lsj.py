@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import copy
-import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
 import numpy as np
-import torch
-from detectron2.config import CfgNode, configurable
-from detectron2.data import transforms as T
+from detectron2.config import CfgNode
 
-from .augmentations import build_lsj_augmentations, build_test_augmentations, valid_pixels_after
+from .augmentations_from_config import lsj_augmentations_from_config
+from .augmented_sample import add_training_outputs, augment_and_pad
 from .dataset_info import num_classes_for_training
-from .inference import image_to_chw_tensor, map_for_inference, read_checked_image
 from .instance_annotations import (
     annotation_classes,
-    check_annotation_categories,
-    non_crowd_annotations,
+    pop_instance_annotations,
     transform_annotation_masks,
 )
+from .mapper_base import DatasetMapperBase
 from .registry import register_mapper
 from .targets import instances_from_masks
 
-logger = logging.getLogger(__name__)
-
 
 @register_mapper("coco_instance_lsj")
-class COCOInstanceLSJDatasetMapper:
+class COCOInstanceLSJDatasetMapper(DatasetMapperBase):
     """Map a COCO-instances data set dict (``file_name``, ``annotations`` with contiguous
     ``category_id`` and polygon / RLE ``segmentation``, as ``load_coco_json`` gives) to the
     model's input.
@@ -43,71 +37,19 @@ class COCOInstanceLSJDatasetMapper:
     Testing: see :func:`~.inference.map_for_inference`.
     """
 
-    @configurable
-    def __init__(
-        self,
-        is_train: bool = True,
-        *,
-        augmentations: List[T.Augmentation],
-        image_format: str,
-        num_classes: Optional[int] = None,
-    ):
-        """
-        Args:
-            augmentations: applied in order to the image and the instance masks.
-            image_format: channel order of the returned image ("BGR", "RGB").
-            num_classes: annotations need ``0 <= category_id < num_classes`` (None: unchecked).
-        """
-        self.is_train = is_train
-        self.augmentations = augmentations
-        self.image_format = image_format
-        self.num_classes = num_classes
-        mode = "training" if is_train else "inference"
-        logger.info(f"[{type(self).__name__}] augmentations for {mode}: {augmentations}")
-
     @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict[str, Any]:
-        if not is_train:
-            return {
-                "is_train": False,
-                "augmentations": build_test_augmentations(
-                    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-                ),
-                "image_format": cfg.INPUT.FORMAT,
-            }
+    def training_arguments(cls, cfg: CfgNode) -> Dict[str, Any]:
         return {
-            "is_train": True,
-            "augmentations": build_lsj_augmentations(
-                cfg.INPUT.IMAGE_SIZE,
-                cfg.INPUT.MIN_SCALE,
-                cfg.INPUT.MAX_SCALE,
-                cfg.INPUT.RANDOM_FLIP,
-            ),
-            "image_format": cfg.INPUT.FORMAT,
+            "augmentations": lsj_augmentations_from_config(cfg),
             "num_classes": num_classes_for_training(cfg, "thing_classes"),
         }
 
-    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
-        if not self.is_train:
-            return map_for_inference(dataset_dict, self.image_format, self.augmentations)
-
-        dataset_dict = copy.deepcopy(dataset_dict)
+    def map_for_training(self, dataset_dict: Dict[str, Any], image: np.ndarray) -> Dict[str, Any]:
         file_name = dataset_dict["file_name"]
-        image = read_checked_image(dataset_dict, self.image_format)
-        annotations = non_crowd_annotations(dataset_dict.pop("annotations", []))
-        if self.num_classes is not None:
-            check_annotation_categories(annotations, self.num_classes, file_name)
-
-        original_hw = image.shape[:2]
-        aug_input = T.AugInput(image)
-        transforms = T.AugmentationList(self.augmentations)(aug_input)
-        image = aug_input.image
-        valid = valid_pixels_after(transforms, original_hw)
-        masks = transform_annotation_masks(annotations, transforms, original_hw, valid, file_name)
-
-        dataset_dict["image"] = image_to_chw_tensor(image)
-        dataset_dict["padding_mask"] = torch.from_numpy(np.ascontiguousarray(~valid))
-        dataset_dict["instances"] = instances_from_masks(
-            masks, annotation_classes(annotations), image.shape[:2]
+        annotations = pop_instance_annotations(dataset_dict, self.num_classes)
+        sample = augment_and_pad(image, self.augmentations)
+        masks = transform_annotation_masks(
+            annotations, sample.transforms, image.shape[:2], sample.valid, file_name
         )
-        return dataset_dict
+        instances = instances_from_masks(masks, annotation_classes(annotations), sample.image_hw)
+        return add_training_outputs(dataset_dict, sample, instances)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -12,24 +10,18 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
-from .augmentations import (
-    build_detr_augmentations,
-    build_lsj_augmentations,
-    build_test_augmentations,
-    valid_pixels_after,
-)
+from .augmentations import build_detr_augmentations
+from .augmentations_from_config import lsj_augmentations_from_config
+from .augmented_sample import add_training_outputs, augment_and_pad
 from .dataset_info import num_classes_for_training
-from .inference import image_to_chw_tensor, map_for_inference, read_checked_image
 from .instance_annotations import (
     annotation_classes,
-    check_annotation_categories,
-    non_crowd_annotations,
+    pop_instance_annotations,
     transform_annotation_boxes,
     transform_annotation_masks,
 )
+from .mapper_base import DatasetMapperBase
 from .registry import register_mapper
-
-logger = logging.getLogger(__name__)
 
 DETECTION_AUGMENTATIONS = ("detr", "lsj")
 
@@ -49,16 +41,14 @@ def detection_augmentations_from_config(cfg: CfgNode) -> List[T.Augmentation]:
             random_flip=cfg.INPUT.RANDOM_FLIP,
         )
     if recipe == "lsj":
-        return build_lsj_augmentations(
-            cfg.INPUT.IMAGE_SIZE, cfg.INPUT.MIN_SCALE, cfg.INPUT.MAX_SCALE, cfg.INPUT.RANDOM_FLIP
-        )
+        return lsj_augmentations_from_config(cfg)
     raise ValueError(
         f"INPUT.DETECTION_AUGMENTATION={recipe!r}; expected one of {DETECTION_AUGMENTATIONS}"
     )
 
 
 @register_mapper("detr_detection")
-class DETRDetectionDatasetMapper:
+class DETRDetectionDatasetMapper(DatasetMapperBase):
     """Map a COCO-instances data set dict (``annotations`` with ``bbox``, ``bbox_mode``,
     contiguous ``category_id`` and, for masks, ``segmentation``) to the model's input.
 
@@ -76,71 +66,36 @@ class DETRDetectionDatasetMapper:
     """
 
     @configurable
-    def __init__(
-        self,
-        is_train: bool = True,
-        *,
-        augmentations: List[T.Augmentation],
-        image_format: str,
-        mask_on: bool = False,
-        num_classes: Optional[int] = None,
-    ):
+    def __init__(self, is_train: bool = True, *, mask_on: bool = False, **common: Any):
         """
         Args:
-            augmentations: applied in order to the image, the boxes and (``mask_on``) the masks.
-            image_format: channel order of the returned image ("BGR", "RGB").
             mask_on: also return ``gt_masks`` (annotations must then carry a ``segmentation``).
-            num_classes: annotations need ``0 <= category_id < num_classes`` (None: unchecked).
+            common: ``augmentations`` (applied in order to the image, the boxes and, with
+                ``mask_on``, the masks), ``image_format``, ``num_classes``; see
+                :class:`~.mapper_base.DatasetMapperBase`.
         """
-        self.is_train = is_train
-        self.augmentations = augmentations
-        self.image_format = image_format
         self.mask_on = mask_on
-        self.num_classes = num_classes
-        mode = "training" if is_train else "inference"
-        logger.info(f"[{type(self).__name__}] augmentations for {mode}: {augmentations}")
+        super().__init__(is_train, **common)
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict[str, Any]:
-        if not is_train:
-            return {
-                "is_train": False,
-                "augmentations": build_test_augmentations(
-                    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-                ),
-                "image_format": cfg.INPUT.FORMAT,
-            }
+    def training_arguments(cls, cfg: CfgNode) -> Dict[str, Any]:
         return {
-            "is_train": True,
             "augmentations": detection_augmentations_from_config(cfg),
-            "image_format": cfg.INPUT.FORMAT,
             "mask_on": cfg.MODEL.CLUSTER_DECODER.MASK_ON,
             "num_classes": num_classes_for_training(cfg, "thing_classes"),
         }
 
-    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
-        if not self.is_train:
-            return map_for_inference(dataset_dict, self.image_format, self.augmentations)
-
-        dataset_dict = copy.deepcopy(dataset_dict)
+    def map_for_training(self, dataset_dict: Dict[str, Any], image: np.ndarray) -> Dict[str, Any]:
         file_name = dataset_dict["file_name"]
-        image = read_checked_image(dataset_dict, self.image_format)
-        annotations = non_crowd_annotations(dataset_dict.pop("annotations", []))
-        if self.num_classes is not None:
-            check_annotation_categories(annotations, self.num_classes, file_name)
+        annotations = pop_instance_annotations(dataset_dict, self.num_classes)
+        sample = augment_and_pad(image, self.augmentations)
+        image_hw = sample.image_hw
 
-        original_hw = image.shape[:2]
-        aug_input = T.AugInput(image)
-        transforms = T.AugmentationList(self.augmentations)(aug_input)
-        image = aug_input.image
-        image_hw = image.shape[:2]
-        valid = valid_pixels_after(transforms, original_hw)
-
-        boxes = transform_annotation_boxes(annotations, transforms, image_hw, file_name)
+        boxes = transform_annotation_boxes(annotations, sample.transforms, image_hw, file_name)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if self.mask_on:
             masks = transform_annotation_masks(
-                annotations, transforms, original_hw, valid, file_name
+                annotations, sample.transforms, image.shape[:2], sample.valid, file_name
             )
             mask_array = np.stack(masks) if masks else np.zeros((0, *image_hw), dtype=bool)
             keep &= mask_array.reshape(len(mask_array), -1).any(axis=1)
@@ -151,8 +106,4 @@ class DETRDetectionDatasetMapper:
         instances.gt_classes = torch.from_numpy(classes[keep])
         if self.mask_on:
             instances.gt_masks = BitMasks(torch.from_numpy(np.ascontiguousarray(mask_array[keep])))
-
-        dataset_dict["image"] = image_to_chw_tensor(image)
-        dataset_dict["padding_mask"] = torch.from_numpy(np.ascontiguousarray(~valid))
-        dataset_dict["instances"] = instances
-        return dataset_dict
+        return add_training_outputs(dataset_dict, sample, instances)

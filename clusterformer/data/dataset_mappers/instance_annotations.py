@@ -7,13 +7,13 @@ Detectron2 does not require), and the mask route treats polygons and RLE the sam
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
-from .targets import coco_segmentation_to_mask
+from .targets import check_contiguous_category_id, coco_segmentation_to_mask
 
 
 def non_crowd_annotations(annotations: Sequence[dict]) -> List[dict]:
@@ -26,12 +26,20 @@ def check_annotation_categories(
 ) -> None:
     """Raise naming the image file when an annotation's contiguous ``category_id`` is unknown."""
     for index, annotation in enumerate(annotations):
-        category_id = annotation["category_id"]
-        if not isinstance(category_id, (int, np.integer)) or not 0 <= category_id < num_classes:
-            raise ValueError(
-                f"Annotation #{index} of {file_name!r} has unknown category id {category_id!r}; "
-                f"expected a contiguous id in [0, {num_classes})"
-            )
+        check_contiguous_category_id(
+            annotation["category_id"], num_classes, f"Annotation #{index} of {file_name!r}"
+        )
+
+
+def pop_instance_annotations(
+    dataset_dict: Dict[str, Any], num_classes: Optional[int]
+) -> List[dict]:
+    """Take ``annotations`` out of a training dict: the non-crowd ones, their categories checked
+    against ``num_classes`` (None: unchecked)."""
+    annotations = non_crowd_annotations(dataset_dict.pop("annotations", []))
+    if num_classes is not None:
+        check_annotation_categories(annotations, num_classes, dataset_dict["file_name"])
+    return annotations
 
 
 def transform_annotation_masks(

@@ -13,7 +13,7 @@ mask only teaches a query to predict a class with nothing to segment.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -56,6 +56,16 @@ def semantic_to_masks(sem_seg: np.ndarray, ignore_label: int) -> Tuple[List[np.n
     return [sem_seg == c for c in classes], classes
 
 
+def check_contiguous_category_id(category_id: Any, num_classes: int, owner: str) -> None:
+    """Raise ``ValueError`` ("<owner> has unknown category id ...") unless ``category_id`` is an
+    integer in ``[0, num_classes)``; ``owner`` names the annotation and its file."""
+    if not isinstance(category_id, (int, np.integer)) or not 0 <= category_id < num_classes:
+        raise ValueError(
+            f"{owner} has unknown category id {category_id!r}; "
+            f"expected a contiguous id in [0, {num_classes})"
+        )
+
+
 def check_semantic_labels(
     labels: np.ndarray, num_classes: int, ignore_label: int, file_name: str
 ) -> None:
@@ -67,50 +77,6 @@ def check_semantic_labels(
             f"Semantic annotation {file_name!r} contains label values {bad[:10]} outside "
             f"[0, {num_classes}) and different from the ignore label {ignore_label}"
         )
-
-
-def check_segment_categories(
-    segments_info: Iterable[dict], num_classes: int, annotation_file: str
-) -> None:
-    """Raise naming the file when a segment's ``category_id`` is not a contiguous id of the data set."""
-    for segment in segments_info:
-        category_id = segment["category_id"]
-        if not isinstance(category_id, (int, np.integer)) or not 0 <= category_id < num_classes:
-            raise ValueError(
-                f"Segment id {segment.get('id')} in {annotation_file!r} has unknown category id "
-                f"{category_id!r}; expected a contiguous id in [0, {num_classes})"
-            )
-
-
-def panoptic_to_masks(
-    segment_ids: np.ndarray, segments_info: Iterable[dict]
-) -> Tuple[List[np.ndarray], List[int]]:
-    """One mask per non-crowd segment of a ``(H, W)`` panoptic id map (things and stuff alike)."""
-    masks, classes = [], []
-    for segment in segments_info:
-        if segment.get("iscrowd", 0):
-            continue
-        masks.append(segment_ids == segment["id"])
-        classes.append(int(segment["category_id"]))
-    return masks, classes
-
-
-def panoptic_to_semantic(
-    segment_ids: np.ndarray, segments_info: Iterable[dict], ignore_label: int
-) -> np.ndarray:
-    """``(H, W)`` label map of a panoptic id map: each segment's category (crowd segments
-    included, as in the semantic PNGs prepared from panoptic ones), void = ``ignore_label``.
-
-    uint8 when every value fits (Detectron2 then resizes it with PIL like the image), else
-    float64 (Detectron2's resize of other dtypes goes through float torch interpolation).
-    """
-    segments_info = list(segments_info)
-    largest = max([ignore_label] + [int(s["category_id"]) for s in segments_info])
-    dtype = np.uint8 if 0 <= largest <= 255 else np.float64
-    labels = np.full(segment_ids.shape, ignore_label, dtype=dtype)
-    for segment in segments_info:
-        labels[segment_ids == segment["id"]] = segment["category_id"]
-    return labels
 
 
 def coco_segmentation_to_mask(

@@ -6,7 +6,7 @@ registers such a folder in Detectron2's catalogs with ``evaluator_type="classifi
 """
 
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 IMAGE_EXTENSIONS = (
     ".jpg",
@@ -24,6 +24,15 @@ IMAGE_EXTENSIONS = (
 
 def _is_image(file_name: str) -> bool:
     return file_name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_subfolders(root: str) -> List[str]:
+    """The sorted names of the sub-folders of ``root`` that are not hidden."""
+    return sorted(
+        entry.name
+        for entry in os.scandir(root)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
 
 
 def _images_under(folder: str) -> List[str]:
@@ -59,11 +68,7 @@ def load_class_folder(root: str, class_names: Optional[Sequence[str]] = None) ->
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"class-folder data set: no folder {root!r}")
-    folders = sorted(
-        entry.name
-        for entry in os.scandir(root)
-        if entry.is_dir() and not entry.name.startswith(".")
-    )
+    folders = _class_subfolders(root)
     if class_names is None:
         class_names = folders
     class_names = list(class_names)
@@ -96,28 +101,27 @@ def register_class_folder(
     name: str,
     root: str,
     class_names: Optional[Sequence[str]] = None,
-    prepare: Optional[Callable[[], object]] = None,
-    **metadata,
+    *,
+    before_load: Optional[Callable[[], Any]] = None,
+    **metadata: Any,
 ) -> None:
-    """Register a class-folder data set as ``name`` (lazily: the folder is read on first use).
+    """Register a class-folder data set as ``name`` (lazily: the folder is read on first use,
+    after ``before_load()`` when given, e.g. the generation of the folder).
 
     The metadata gets ``classes`` (when ``class_names`` is given; otherwise the loader sets it
     from the sub-folder names on first use), ``image_root=root``,
-    ``evaluator_type="classification"`` and ``metadata``. ``prepare`` runs before each load
-    (to generate the folder, or to check that it exists with a helpful message).
+    ``evaluator_type="classification"`` and ``metadata``.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     def load() -> List[dict]:
-        if prepare is not None:
-            prepare()
+        if before_load is not None:
+            before_load()
         dataset_dicts = load_class_folder(root, class_names)
         meta = MetadataCatalog.get(name)
         if class_names is None and not hasattr(meta, "classes"):
             # Same rule as load_class_folder: the sorted sub-folder names.
-            meta.classes = sorted(
-                e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
-            )
+            meta.classes = _class_subfolders(root)
         return dataset_dicts
 
     DatasetCatalog.register(name, load)

@@ -1,4 +1,10 @@
-"""Load a COCO-format panoptic annotation (JSON + PNG folder) into Detectron2 data set dicts."""
+"""Load a COCO-format panoptic annotation (JSON + PNG folder, optionally a semantic PNG folder)
+into Detectron2 data set dicts: the one loader of COCO panoptic, ADE20K panoptic and shapes.
+
+It produces the dicts of Mask2Former's ``coco_2017_*_panoptic_with_sem_seg`` data sets, but takes
+the image file names (and sizes) from the JSON's ``images`` list instead of assuming ``.jpg``, so
+it serves any data set in COCO's panoptic format. Needs no detectron2.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +27,20 @@ def load_panoptic_json(
     (when ``sem_seg_root`` is given), "segments_info"}`` where each segment keeps its ``id``,
     ``iscrowd``, ``area``, ``bbox`` and gets a contiguous ``category_id`` plus ``isthing``.
 
-    The image file name, height and width come from the JSON's ``images`` entry of the annotation
-    (Mask2Former assumed ".jpg"); an unknown image or category id raises, naming the JSON file.
+    Args:
+        panoptic_json: e.g. ``coco/annotations/panoptic_val2017.json``.
+        image_root: folder of the images named in the JSON's ``images``.
+        panoptic_root: folder of the panoptic PNGs named in ``annotations[*].file_name``.
+        sem_seg_root: folder of the semantic PNGs, named like the panoptic PNGs (None: none).
+        thing_dataset_id_to_contiguous_id: thing category ids; a segment whose category is here
+            gets ``isthing=True`` and this contiguous id.
+        stuff_dataset_id_to_contiguous_id: contiguous ids of the other categories (Mask2Former's
+            convention maps *all* categories here, so the semantic evaluator sees every class).
+
+    Raises:
+        ValueError naming the JSON file: an annotation's image is not in ``images`` (naming the
+        annotation and the image id), a segment's category is in neither mapping (naming the
+        segment, its annotation and image, and the category id), or there is no annotation.
     """
     with open(panoptic_json) as f:
         content = json.load(f)
@@ -30,11 +48,12 @@ def load_panoptic_json(
 
     dataset_dicts = []
     for annotation in content["annotations"]:
-        image = images.get(annotation["image_id"])
+        image_id = annotation["image_id"]
+        image = images.get(image_id)
         if image is None:
             raise ValueError(
                 f"{panoptic_json!r}: annotation {annotation['file_name']!r} refers to image id "
-                f"{annotation['image_id']!r}, which is not in the 'images' list"
+                f"{image_id!r}, which is not in the 'images' list"
             )
         segments_info = []
         for segment in annotation["segments_info"]:
@@ -46,12 +65,12 @@ def load_panoptic_json(
             else:
                 raise ValueError(
                     f"{panoptic_json!r}: segment {segment['id']} of {annotation['file_name']!r} "
-                    f"has unknown category id {dataset_id!r}"
+                    f"(image id {image_id!r}) has unknown category id {dataset_id!r}"
                 )
             segments_info.append({**segment, "category_id": contiguous_id, "isthing": isthing})
         record = {
             "file_name": os.path.join(image_root, image["file_name"]),
-            "image_id": annotation["image_id"],
+            "image_id": image_id,
             "height": image["height"],
             "width": image["width"],
             "pan_seg_file_name": os.path.join(panoptic_root, annotation["file_name"]),
@@ -65,12 +84,18 @@ def load_panoptic_json(
     return dataset_dicts
 
 
-def check_first_record_files(dataset_name: str, dataset_dicts: List[Dict[str, Any]]) -> None:
-    """Cheap sanity check that the JSON matches the folders: the first record's files exist."""
+def check_first_record_files(
+    dataset_name: str, panoptic_json: str, dataset_dicts: List[Dict[str, Any]]
+) -> None:
+    """Cheap sanity check that the JSON matches the folders: the first record's files exist.
+
+    Raises ``FileNotFoundError`` naming the data set, the JSON, the key and the missing file.
+    """
     first = dataset_dicts[0]
     for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
         if key in first and not os.path.isfile(first[key]):
             raise FileNotFoundError(
-                f"Data set {dataset_name!r}: {key} {first[key]!r} of the first annotation does not "
-                "exist; the annotation JSON does not match the folders (see datasets/README.md)"
+                f"Data set {dataset_name!r}: {key} {first[key]!r} of the first annotation of "
+                f"{panoptic_json!r} does not exist; the annotation JSON does not match the "
+                "folders (see datasets/README.md)"
             )

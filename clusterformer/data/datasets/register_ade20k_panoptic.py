@@ -15,11 +15,9 @@ import json
 import os
 from typing import Any, Dict
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-
 from .ade20k_categories import ade20k_categories
 from .dataset_paths import datasets_root, require_paths
-from .panoptic_json import check_first_record_files, load_panoptic_json
+from .register_formats import PanopticFiles, panoptic_metadata, register_panoptic_json
 
 # name: (image_root, panoptic_root, panoptic_json, sem_seg_root), under the root.
 ADE20K_PANOPTIC_SPLITS = {
@@ -44,16 +42,7 @@ def ade20k_panoptic_metadata() -> Dict[str, Any]:
     As for COCO panoptic, ``stuff_*`` covers all 150 classes and ``thing_*`` the 100 things with
     their ids in the 150-class space.
     """
-    categories = ade20k_categories()
-    things = [c for c in categories if c["isthing"]]
-    return {
-        "thing_classes": [c["name"] for c in things],
-        "thing_colors": [c["color"] for c in things],
-        "stuff_classes": [c["name"] for c in categories],
-        "stuff_colors": [c["color"] for c in categories],
-        "thing_dataset_id_to_contiguous_id": {c["id"]: c["id"] for c in things},
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: c["id"] for c in categories},
-    }
+    return panoptic_metadata(ade20k_categories())
 
 
 def check_json_categories(panoptic_json: str) -> None:
@@ -81,7 +70,7 @@ def register_ade20k_panoptic(
 ) -> None:
     """Register ``name``: ADE20K panoptic in COCO format (read lazily)."""
 
-    def load():
+    def check_inputs() -> None:
         require_paths(name, {"image folder": image_root})
         require_paths(
             name,
@@ -94,27 +83,13 @@ def register_ade20k_panoptic(
             how_to_make="Create it with datasets/prepare_ade20k_sem_seg.py",
         )
         check_json_categories(panoptic_json)
-        dataset_dicts = load_panoptic_json(
-            panoptic_json,
-            image_root,
-            panoptic_root,
-            sem_seg_root,
-            metadata["thing_dataset_id_to_contiguous_id"],
-            metadata["stuff_dataset_id_to_contiguous_id"],
-        )
-        check_first_record_files(name, dataset_dicts)
-        return dataset_dicts
 
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
-        image_root=image_root,
-        panoptic_root=panoptic_root,
-        panoptic_json=panoptic_json,
-        sem_seg_root=sem_seg_root,
+    register_panoptic_json(
+        name,
+        metadata,
+        PanopticFiles(image_root, panoptic_root, panoptic_json, sem_seg_root),
         evaluator_type="ade20k_panoptic_seg",
-        ignore_label=255,
-        label_divisor=1000,
-        **metadata,
+        before_load=check_inputs,
     )
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
 from .ade20k_categories import ADE20K_COLORS
 from .dataset_paths import datasets_root, require_paths
+from .register_formats import register_sem_seg_folder
 
 # name: (image_root, sem_seg_root), under the root.
 ADE20K_SEMANTIC_SPLITS = {
@@ -36,27 +36,26 @@ ADE20K_SEMANTIC_SPLITS = {
 def register_ade20k_semantic(name: str, image_root: str, sem_seg_root: str) -> None:
     """Register ``name`` (replacing an earlier registration of it, e.g. Detectron2's own)."""
 
-    def load():
+    def check_folders() -> None:
         require_paths(name, {"image folder": image_root})
         require_paths(
             name,
             {"label folder": sem_seg_root},
             how_to_make="Create it with datasets/prepare_ade20k_sem_seg.py",
         )
-        return load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext="jpg")
 
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
+    register_sem_seg_folder(
+        name,
+        image_root,
+        sem_seg_root,
+        image_ext="jpg",
+        before_load=check_folders,
         stuff_classes=list(ADE20K_SEM_SEG_CATEGORIES),
         stuff_colors=[list(color) for color in ADE20K_COLORS],
-        image_root=image_root,
-        sem_seg_root=sem_seg_root,
-        evaluator_type="sem_seg",
-        ignore_label=255,
     )
 
 

@@ -24,7 +24,7 @@ def register_imagenet(root: Optional[str] = None) -> None:
         register_class_folder(
             name,
             folder,
-            prepare=lambda name=name, folder=folder: require_paths(name, {"class folder": folder}),
+            before_load=lambda name=name, folder=folder: require_paths(name, {"class folder": folder}),
         )
 
 
@@ -35,7 +35,7 @@ def register_digits(root: Optional[str] = None) -> None:
             f"digits_{split}",
             os.path.join(root, split),
             DIGIT_CLASSES,
-            prepare=lambda: ensure_digits(root),
+            before_load=lambda: ensure_digits(root),
         )
 
 

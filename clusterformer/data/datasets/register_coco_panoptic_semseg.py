@@ -15,11 +15,10 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from .dataset_paths import datasets_root, require_paths
-from .panoptic_json import check_first_record_files, load_panoptic_json
+from .register_formats import PanopticFiles, panoptic_metadata, register_panoptic_json
 
 # name: (image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json), under the root.
 COCO_PANOPTIC_WITH_SEM_SEG_SPLITS = {
@@ -47,17 +46,7 @@ def coco_panoptic_metadata() -> Dict[str, Any]:
     ``stuff_dataset_id_to_contiguous_id`` maps every category, so that the semantic evaluator sees
     one label space; ``thing_*`` holds the 80 things with their ids in that same space (not 0..79).
     """
-    things = [c for c in COCO_CATEGORIES if c["isthing"]]
-    return {
-        "thing_classes": [c["name"] for c in things],
-        "thing_colors": [c["color"] for c in things],
-        "stuff_classes": [c["name"] for c in COCO_CATEGORIES],
-        "stuff_colors": [c["color"] for c in COCO_CATEGORIES],
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(COCO_CATEGORIES) if c["isthing"]
-        },
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(COCO_CATEGORIES)},
-    }
+    return panoptic_metadata(COCO_CATEGORIES)
 
 
 def register_coco_panoptic_with_sem_seg(
@@ -71,7 +60,7 @@ def register_coco_panoptic_with_sem_seg(
 ) -> None:
     """Register ``name``: a COCO-format panoptic data set with semantic PNGs (read lazily)."""
 
-    def load():
+    def check_folders() -> None:
         require_paths(
             name,
             {
@@ -85,28 +74,14 @@ def register_coco_panoptic_with_sem_seg(
             {"semantic PNG folder": sem_seg_root},
             how_to_make="Create it with datasets/prepare_coco_semantic_annos_from_panoptic_annos.py",
         )
-        dataset_dicts = load_panoptic_json(
-            panoptic_json,
-            image_root,
-            panoptic_root,
-            sem_seg_root,
-            metadata["thing_dataset_id_to_contiguous_id"],
-            metadata["stuff_dataset_id_to_contiguous_id"],
-        )
-        check_first_record_files(name, dataset_dicts)
-        return dataset_dicts
 
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
-        image_root=image_root,
-        panoptic_root=panoptic_root,
-        panoptic_json=panoptic_json,
-        sem_seg_root=sem_seg_root,
-        json_file=instances_json,
+    register_panoptic_json(
+        name,
+        metadata,
+        PanopticFiles(image_root, panoptic_root, panoptic_json, sem_seg_root),
         evaluator_type="coco_panoptic_seg",
-        ignore_label=255,
-        label_divisor=1000,
-        **metadata,
+        instances_json=instances_json,
+        before_load=check_folders,
     )
 
 

@@ -7,6 +7,8 @@ metadata at import time without importing the generator (which ``python -m`` run
 import os
 from dataclasses import dataclass
 
+from .dataset_paths import datasets_root
+
 SPLITS = ("train", "val")
 
 # Panoptic order (things first, then stuff) is the contiguous id order of the semantic PNGs and
@@ -61,23 +63,22 @@ class ShapesConfig:
     classification_val_per_class: int = 25
 
     def __post_init__(self) -> None:
-        for name in (
-            "image_height",
-            "image_width",
-            "classification_image_size",
-            "min_visible_area",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ShapesConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "num_train_images",
-            "num_val_images",
-            "min_things",
-            "classification_train_per_class",
-            "classification_val_per_class",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ShapesConfig.{name} must be >= 0, got {getattr(self, name)}")
+        minimums = {
+            1: ("image_height", "image_width", "classification_image_size", "min_visible_area"),
+            0: (
+                "num_train_images",
+                "num_val_images",
+                "min_things",
+                "classification_train_per_class",
+                "classification_val_per_class",
+            ),
+        }
+        for minimum, names in minimums.items():
+            for name in names:
+                if getattr(self, name) < minimum:
+                    raise ValueError(
+                        f"ShapesConfig.{name} must be >= {minimum}, got {getattr(self, name)}"
+                    )
         if self.max_things < self.min_things:
             raise ValueError(
                 f"ShapesConfig.max_things ({self.max_things}) < min_things ({self.min_things})"
@@ -114,7 +115,7 @@ def check_split(split: str) -> str:
 
 def default_root() -> str:
     """``$DETECTRON2_DATASETS/shapes``; ``DETECTRON2_DATASETS`` defaults to ``datasets``."""
-    return os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), "shapes")
+    return os.path.join(datasets_root(), "shapes")
 
 
 def split_paths(root: str, split: str) -> ShapesSplitPaths:

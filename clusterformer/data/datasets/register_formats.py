@@ -1,0 +1,122 @@
+"""Catalog registration of the standard data set formats, shared by COCO, ADE20K and shapes.
+
+* :func:`panoptic_metadata`: class lists and id maps from a COCO-style category table.
+* :func:`register_panoptic_json`: a COCO-format panoptic data set (:class:`PanopticFiles`).
+* :func:`register_sem_seg_folder`: a semantic data set (image folder + label PNG folder).
+
+Registration reads nothing: each loader runs ``before_load`` (a folder check, or the generation
+of a synthetic data set) when the data set is first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_sem_seg
+
+from .panoptic_json import check_first_record_files, load_panoptic_json
+
+# Mask2Former's values for every panoptic / semantic data set: void label, panoptic id divisor.
+IGNORE_LABEL = 255
+LABEL_DIVISOR = 1000
+
+
+class PanopticFiles(NamedTuple):
+    """The files of a COCO-format panoptic data set; also the metadata keys naming them."""
+
+    image_root: str  # the images named in the JSON's ``images``
+    panoptic_root: str  # the panoptic PNGs named in the JSON's ``annotations``
+    panoptic_json: str  # the COCO panoptic JSON
+    sem_seg_root: str  # the semantic PNGs, named like the panoptic PNGs
+
+
+def panoptic_metadata(categories: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Class names, colours and id maps of ``categories`` (dicts with ``id``, ``name``,
+    ``color``, ``isthing``), in Mask2Former's convention for COCO panoptic.
+
+    Contiguous ids follow the order of ``categories``. ``stuff_*`` lists *all* classes and
+    ``stuff_dataset_id_to_contiguous_id`` maps every category, so that the semantic evaluator sees
+    one label space; ``thing_*`` holds the things with their ids in that same space.
+    """
+    things = [c for c in categories if c["isthing"]]
+    return {
+        "thing_classes": [c["name"] for c in things],
+        "thing_colors": [list(c["color"]) for c in things],
+        "stuff_classes": [c["name"] for c in categories],
+        "stuff_colors": [list(c["color"]) for c in categories],
+        "thing_dataset_id_to_contiguous_id": {
+            c["id"]: i for i, c in enumerate(categories) if c["isthing"]
+        },
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
+    }
+
+
+def register_panoptic_json(
+    name: str,
+    metadata: Dict[str, Any],
+    files: PanopticFiles,
+    *,
+    evaluator_type: str,
+    instances_json: Optional[str] = None,
+    before_load: Optional[Callable[[], Any]] = None,
+) -> None:
+    """Register ``name``: the dicts of :func:`~.panoptic_json.load_panoptic_json`, read lazily.
+
+    Metadata: the ``files``, ``evaluator_type``, ``ignore_label`` 255, ``label_divisor`` 1000,
+    ``json_file=instances_json`` when given (for instance AP), and ``metadata`` (see
+    :func:`panoptic_metadata`), whose id maps also map the JSON's category ids.
+    """
+
+    def load() -> List[dict]:
+        if before_load is not None:
+            before_load()
+        dataset_dicts = load_panoptic_json(
+            files.panoptic_json,
+            files.image_root,
+            files.panoptic_root,
+            files.sem_seg_root,
+            metadata["thing_dataset_id_to_contiguous_id"],
+            metadata["stuff_dataset_id_to_contiguous_id"],
+        )
+        check_first_record_files(name, files.panoptic_json, dataset_dicts)
+        return dataset_dicts
+
+    DatasetCatalog.register(name, load)
+    instance_annotations = {} if instances_json is None else {"json_file": instances_json}
+    MetadataCatalog.get(name).set(
+        **files._asdict(),
+        evaluator_type=evaluator_type,
+        ignore_label=IGNORE_LABEL,
+        label_divisor=LABEL_DIVISOR,
+        **instance_annotations,
+        **metadata,
+    )
+
+
+def register_sem_seg_folder(
+    name: str,
+    image_root: str,
+    sem_seg_root: str,
+    image_ext: str,
+    before_load: Optional[Callable[[], Any]] = None,
+    **metadata: Any,
+) -> None:
+    """Register ``name``: Detectron2's ``load_sem_seg`` of ``<image_root>/*.<image_ext>`` with
+    ``<sem_seg_root>/*.png`` labels, read lazily. Metadata: the two roots,
+    ``evaluator_type="sem_seg"``, ``ignore_label`` 255 and ``metadata`` (``stuff_classes``, ...).
+    """
+
+    def load() -> List[dict]:
+        if before_load is not None:
+            before_load()
+        return load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext=image_ext)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        image_root=image_root,
+        sem_seg_root=sem_seg_root,
+        evaluator_type="sem_seg",
+        ignore_label=IGNORE_LABEL,
+        **metadata,
+    )
