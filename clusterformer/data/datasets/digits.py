@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .dataset_paths import datasets_root
-from .generated_cache import ensure_generated
+from .generated_cache import ensure_generated, write_manifest
 
 GENERATOR_VERSION = 1
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -56,7 +56,7 @@ def split_indices(labels: np.ndarray) -> Dict[str, np.ndarray]:
     return {"train": np.sort(train), "val": np.sort(val)}
 
 
-def _generate(root: str) -> dict:
+def _generate(root: str) -> None:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -71,7 +71,7 @@ def _generate(root: str) -> dict:
             )
             image.save(os.path.join(root, split, str(digits.target[i]), f"{i:04d}.png"))
         counts[split] = int(len(indices))
-    return {"counts": counts}
+    write_manifest(root, {**_identity(), "counts": counts})
 
 
 def ensure_digits(root: Optional[str] = None, force: bool = False) -> str:

@@ -62,7 +62,7 @@ def exclusive_lock(path: str) -> Iterator[None]:
 def ensure_generated(
     root: str,
     identity: Dict[str, Any],
-    generate: Callable[[str], Dict[str, Any]],
+    generate: Callable[[str], None],
     *,
     description: str,
     force: bool = False,
@@ -72,8 +72,8 @@ def ensure_generated(
     Args:
         root: the folder.
         identity: what must match in the manifest (e.g. generator name, version, parameters).
-        generate: writes the whole data set into the folder it is given and returns extra
-            manifest entries (counts, ...); it must not write the manifest itself.
+        generate: writes the whole data set into the (existing, empty) folder it is given,
+            ending with :func:`write_manifest` of a manifest that contains ``identity``.
         description: for log and error messages (e.g. "shapes data set").
         force: regenerate even when up to date, and replace a folder without a manifest
             (otherwise that is an error, so a user's files are never deleted).
@@ -105,8 +105,11 @@ def ensure_generated(
         logger.info("Generating the %s into %s ...", description, absolute)
         try:
             os.makedirs(temporary)
-            extra = generate(temporary) or {}
-            write_manifest(temporary, {**identity, **extra})
+            generate(temporary)
+            if not is_up_to_date(temporary, identity):
+                raise RuntimeError(
+                    f"Generating the {description} did not write a manifest matching {identity}"
+                )
             if os.path.lexists(absolute):
                 previous = os.path.join(parent, f".{name}.old-{token}")
                 os.rename(absolute, previous)

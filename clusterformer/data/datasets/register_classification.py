@@ -24,7 +24,9 @@ def register_imagenet(root: Optional[str] = None) -> None:
         register_class_folder(
             name,
             folder,
-            before_load=lambda name=name, folder=folder: require_paths(name, {"class folder": folder}),
+            before_load=lambda name=name, folder=folder: require_paths(
+                name, {"class folder": folder}
+            ),
         )
 
 
