@@ -33,6 +33,9 @@ def add_backbone_config(cfg: CN) -> None:
     c.ASSIGNMENT_SOFTMAX = "clusters"
     # Feature dispatching: "soft" (paper Eq. 6) or "hard" (released code, argmax centre).
     c.DISPATCH = "soft"
+    # Token mixer: "clustering" (ClusterFormer) or "window_attention" (the same network with
+    # Swin-style window self-attention; a non-clustering baseline for comparisons).
+    c.MIXER = "clustering"
     c.LAYER_SCALE_INIT = 1e-5
     c.DROP_PATH_RATE = 0.1
     c.OUT_FEATURES = ["res2", "res3", "res4", "res5"]

@@ -5,6 +5,7 @@ The Detectron2 wrapper lives in ``d2_clusterformer.py`` and is imported by ``met
 
 from .classification_head import ClassificationHead, global_pool_features
 from .clusterformer import (
+    MIXERS,
     PRESETS,
     STAGE_NAMES,
     STAGE_STRIDES,
@@ -19,9 +20,11 @@ from .clusterformer import (
     coordinate_channels,
 )
 from .clustering_mixer import ClusteringMixer, FeatureDispatch, RecurrentClusteringAttention
+from .window_attention_mixer import WindowAttentionMixer
 from .windows import WindowGeometry
 
 __all__ = [
+    "MIXERS",
     "PRESETS",
     "STAGE_NAMES",
     "STAGE_STRIDES",
@@ -32,6 +35,7 @@ __all__ = [
     "ClusteringMixer",
     "FeatureDispatch",
     "RecurrentClusteringAttention",
+    "WindowAttentionMixer",
     "WindowGeometry",
     "build_clusterformer_backbone",
     "clusterformer_nano",

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .clustering_mixer import ClusteringMixer
+from .window_attention_mixer import WindowAttentionMixer
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
+MIXERS = ("clustering", "window_attention")
 STAGE_STRIDES = (4, 8, 16, 32)
 MIN_INPUT_SIZE = 32
 
@@ -69,11 +71,22 @@ class ClusterBlock(nn.Module):
         mlp_ratio: float,
         drop_path_rate: float = 0.0,
         layer_scale_init: Optional[float] = 1e-5,
+        mixer: str = "clustering",
         **mixer_kwargs: Any,
     ) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(1, dim)
-        self.mixer = ClusteringMixer(dim, **mixer_kwargs)
+        if mixer == "clustering":
+            self.mixer = ClusteringMixer(dim, **mixer_kwargs)
+        elif mixer == "window_attention":
+            self.mixer = WindowAttentionMixer(
+                dim,
+                num_heads=mixer_kwargs["num_heads"],
+                head_dim=mixer_kwargs["head_dim"],
+                window_size=mixer_kwargs["window_size"],
+            )
+        else:
+            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}.")
         self.norm2 = nn.GroupNorm(1, dim)
         self.ffn = ConvFeedForward(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path_rate)
@@ -172,6 +185,9 @@ class ClusterFormerBackbone(nn.Module):
             not built (so every parameter gets a gradient).
         in_channels: image channels (the coordinate channels are added to these).
         downsample_kernel_size: 3 (3x3 stride-2 convs between stages, default) or 2.
+        mixer: "clustering" (ClusterFormer) or "window_attention" (the same network with window
+            self-attention instead of clustering: a non-clustering baseline for comparisons;
+            the clustering arguments are then unused).
 
     Input: (B, in_channels, H, W) normalised images (RGB for the project's pretrained models),
     H, W >= 32. Output: {name: (B, C_s, ceil(H / s), ceil(W / s))}, each after a GroupNorm(1, C).
@@ -196,6 +212,7 @@ class ClusterFormerBackbone(nn.Module):
         out_features: Sequence[str] = STAGE_NAMES,
         in_channels: int = 3,
         downsample_kernel_size: int = 3,
+        mixer: str = "clustering",
     ) -> None:
         super().__init__()
         for name, seq in (
@@ -244,6 +261,7 @@ class ClusterFormerBackbone(nn.Module):
                         mstep_normalization=mstep_normalization,
                         assignment_softmax=assignment_softmax,
                         dispatch=dispatch,
+                        mixer=mixer,
                     )
                 )
                 block_index += 1

@@ -62,6 +62,7 @@ class D2ClusterFormer(ClusterFormerBackbone, Backbone):
             "out_features": list(c.OUT_FEATURES),
             "in_channels": input_shape.channels if input_shape.channels is not None else 3,
             "downsample_kernel_size": c.DOWNSAMPLE_KERNEL_SIZE,
+            "mixer": c.MIXER,
         }
 
     def output_shape(self) -> Dict[str, ShapeSpec]:

@@ -1,0 +1,172 @@
+"""Run config variants x seeds through ``train_net.py`` and tabulate their evaluation metrics.
+
+The experiment scripts next to this file (``digits_classification.py``,
+``shapes_segmentation.py``, ...) declare their variants and call :func:`run_ablation`. Every run
+is a plain ``train_net.py`` subprocess writing to ``<out_root>/<variant>/seed<k>``; a run whose
+``eval_results.json`` already exists is reused, so an interrupted experiment resumes. The summary
+(mean and sample standard deviation over seeds, every seed's value, run times, machine, date,
+command) goes to a JSON file and a Markdown table under ``docs/experiments/``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Sequence, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class Variant:
+    """One configuration: ``config`` file plus ``opts`` (``KEY VALUE`` overrides)."""
+
+    name: str
+    config: str
+    opts: List[str] = field(default_factory=list)
+    description: str = ""
+
+
+def run_variant(variant: Variant, seed: int, out_root: str, extra_opts: Sequence[str]) -> dict:
+    """Train + evaluate one (variant, seed); returns ``{"results": ..., "seconds": ...}``."""
+    out_dir = os.path.join(out_root, variant.name, f"seed{seed}")
+    results_path = os.path.join(out_dir, "eval_results.json")
+    if os.path.isfile(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
+        seconds = None
+        timing = os.path.join(out_dir, "run_seconds.txt")
+        if os.path.isfile(timing):
+            with open(timing) as f:
+                seconds = float(f.read())
+        return {"results": results, "seconds": seconds}
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "train_net.py"),
+        "--config-file",
+        os.path.join(REPO, variant.config),
+        *variant.opts,
+        *extra_opts,
+        "SEED",
+        str(seed),
+        "OUTPUT_DIR",
+        out_dir,
+    ]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    print(f"[ablation] {variant.name} seed {seed}: {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{variant.name} seed {seed} failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
+        )
+    with open(os.path.join(out_dir, "run_seconds.txt"), "w") as f:
+        f.write(f"{seconds:.1f}")
+    with open(results_path) as f:
+        return {"results": json.load(f), "seconds": seconds}
+
+
+def _metric(results: dict, task: str, key: str) -> float:
+    try:
+        return float(results[task][key])
+    except KeyError as e:
+        raise KeyError(f"metric {task}/{key} missing from results {sorted(results)}") from e
+
+
+def _fmt(values: List[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def run_ablation(
+    *,
+    title: str,
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    metrics: Sequence[Tuple[str, str]],
+    out_root: str,
+    report_name: str,
+    extra_opts: Sequence[str] = (),
+    notes: str = "",
+) -> dict:
+    """Run every variant with every seed, then write ``docs/experiments/<report_name>.{json,md}``.
+
+    Args:
+        metrics: ``(task, key)`` pairs read from ``eval_results.json``, e.g. ``("panoptic_seg", "PQ")``.
+        extra_opts: overrides applied to every run (e.g. a shorter schedule).
+    """
+    rows = []
+    for variant in variants:
+        runs = {seed: run_variant(variant, seed, out_root, extra_opts) for seed in seeds}
+        row = {
+            "variant": variant.name,
+            "description": variant.description,
+            "config": variant.config,
+            "opts": variant.opts,
+            "seconds": [runs[s]["seconds"] for s in seeds],
+            "metrics": {},
+        }
+        for task, key in metrics:
+            values = [_metric(runs[s]["results"], task, key) for s in seeds]
+            row["metrics"][f"{task}/{key}"] = {
+                "per_seed": dict(zip(map(str, seeds), values)),
+                "mean": statistics.mean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
+        rows.append(row)
+        print(
+            f"[ablation] {variant.name}: "
+            + ", ".join(
+                f"{m} {_fmt(list(v['per_seed'].values()))}" for m, v in row["metrics"].items()
+            ),
+            flush=True,
+        )
+
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    summary = {
+        "title": title,
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
+        "command": command,
+        "seeds": list(seeds),
+        "extra_opts": list(extra_opts),
+        "rows": rows,
+    }
+    docs = os.path.join(REPO, "docs", "experiments")
+    os.makedirs(docs, exist_ok=True)
+    with open(os.path.join(docs, f"{report_name}.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    metric_names = [f"{t}/{k}" for t, k in metrics]
+    lines = [
+        f"# {title}",
+        "",
+        f"Produced by `{command}` on {summary['date']} ({summary['machine']}).",
+        f"Seeds {list(seeds)}; mean ± sample standard deviation over seeds.",
+        "",
+        "| variant | " + " | ".join(metric_names) + " | per-seed | overrides |",
+        "|---|" + "---|" * (len(metric_names) + 2),
+    ]
+    for row in rows:
+        cells = [_fmt(list(row["metrics"][m]["per_seed"].values())) for m in metric_names]
+        per_seed = "; ".join(
+            ", ".join(f"{v:.1f}" for v in row["metrics"][m]["per_seed"].values())
+            for m in metric_names
+        )
+        opts = " ".join(row["opts"]) or "(defaults)"
+        if row["config"] != rows[0]["config"]:
+            opts = f"`{row['config']}` {opts}"
+        lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {per_seed} | {opts} |")
+    if notes:
+        lines += ["", notes]
+    with open(os.path.join(docs, f"{report_name}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return summary
