@@ -12,6 +12,9 @@ fallback (see ``clusterformer/modeling/ops``). Set ``CLUSTERFORMER_SKIP_EXT=1`` 
 
 import glob
 import os
+import re
+import shutil
+import subprocess
 
 from setuptools import setup
 
@@ -19,17 +22,75 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("clusterformer", "csrc")
 
 
+def _has_cuda_runtime(home: str) -> bool:
+    return any(os.path.exists(os.path.join(home, lib, "libcudart.so")) for lib in ("lib64", "lib"))
+
+
+def _locate_cuda_home() -> None:
+    """Sets CUDA_HOME for torch.utils.cpp_extension when it would guess wrong.
+
+    Without CUDA_HOME / CUDA_PATH, torch takes the parent of the ``bin`` holding ``nvcc``. Where
+    ``nvcc`` on PATH is a wrapper script (``/usr/local/bin/nvcc`` on this project's machines) that
+    gives ``/usr/local``, which has no CUDA runtime library, and linking fails (``-lcudart``).
+    Prefer a directory that really holds a toolkit: nvcc's resolved location, else
+    ``/usr/local/cuda``. Must run before ``torch.utils.cpp_extension`` is imported.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and _has_cuda_runtime(home):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+def _nvcc_version(cuda_home: str):
+    """(major, minor) of the toolkit's nvcc, or None if it cannot be run."""
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def _cuda_requested(cpp_extension) -> bool:
+    """Whether to compile the ``.cu`` kernels.
+
+    ``FORCE_CUDA=1`` always does (CI compiles them without a GPU); otherwise only when torch sees a
+    GPU and the toolkit's major version matches torch's CUDA (``torch.utils.cpp_extension``
+    refuses to build against another major version, e.g. torch 2.3.1/cu121 with nvcc 13). A
+    mismatch falls back to the C++ (CPU) kernels instead of failing the whole install.
+    """
     import torch
 
     if os.environ.get("FORCE_CUDA", "0") == "1":
         return True
-    return torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+    if torch.version.cuda is None or cpp_extension.CUDA_HOME is None:
+        return False
+    if not torch.cuda.is_available():
+        return False
+    toolkit = _nvcc_version(cpp_extension.CUDA_HOME)
+    torch_major = int(torch.version.cuda.split(".")[0])
+    if toolkit is None or toolkit[0] != torch_major:
+        print(
+            "clusterformer: skipping the CUDA kernels: torch is built with CUDA "
+            f"{torch.version.cuda} but the toolkit at {cpp_extension.CUDA_HOME} is {toolkit}; "
+            "set FORCE_CUDA=1 to try anyway"
+        )
+        return False
+    return True
 
 
 def get_extensions():
     if os.environ.get("CLUSTERFORMER_SKIP_EXT", "0") == "1":
         return [], {}
+    _locate_cuda_home()
     try:
         from torch.utils import cpp_extension
     except ImportError:  # torch is needed to build the op, not to install the package
@@ -41,22 +102,21 @@ def get_extensions():
         return [], {}
 
     define_macros = []
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    # No -std flag: torch's BuildExtension adds the standard its headers need (C++17 for torch 2.3,
+    # C++20 for recent releases) to both the host compiler and nvcc.
+    # -fopenmp is required: ATen's parallel_for is an inline OpenMP region in the headers, so
+    # without it the CPU kernels would silently run on one thread. The OpenMP runtime symbols
+    # resolve to the one torch already loaded.
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
     extension = cpp_extension.CppExtension
     sources = list(cpp_sources)
     if cuda_sources and _cuda_requested(cpp_extension):
         extension = cpp_extension.CUDAExtension
         sources += cuda_sources
         define_macros.append(("WITH_CUDA", None))
-        extra_compile_args["nvcc"] = [
-            "-O3",
-            "-std=c++17",
-            "-DCUDA_HAS_FP16=1",
-            "-D__CUDA_NO_HALF_OPERATORS__",
-            "-D__CUDA_NO_HALF_CONVERSIONS__",
-            "-D__CUDA_NO_HALF2_OPERATORS__",
-            "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-        ]
+        # torch adds its own -D__CUDA_NO_HALF*/BFLOAT16_CONVERSIONS__ flags; the kernels convert
+        # half/bf16 through c10::Half/c10::BFloat16, which work with them.
+        extra_compile_args["nvcc"] = ["-O3"]
     ext = extension(
         "clusterformer._C",
         sources,
