@@ -195,9 +195,19 @@ def markdown_table(results: List[dict], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_average() -> List[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
 def run_device(device: str, dtypes: List[torch.dtype], args: argparse.Namespace) -> None:
     configs = [(b, s) for s in args.image_sizes for b in args.batch_sizes]
     results = []
+    # Other processes on a shared machine slow multi-threaded runs down; the load average at the
+    # start and the end says how quiet the machine was.
+    load_before = load_average()
     for dtype in dtypes:
         for batch, image_size in configs:
             r = bench_config(batch, image_size, device, dtype, args.warmup, args.repeats)
@@ -216,6 +226,7 @@ def run_device(device: str, dtypes: List[torch.dtype], args: argparse.Namespace)
         "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15min": {"start": load_before, "end": load_average()},
         "torch": torch.__version__,
         "python": platform.python_version(),
         "heads": HEADS,
@@ -233,7 +244,8 @@ def run_device(device: str, dtypes: List[torch.dtype], args: argparse.Namespace)
     table = markdown_table(results, device)
     header = (
         f"Multi-scale deformable attention, {device} ({meta['device_name']}, "
-        f"{meta['torch_threads']} threads), torch {meta['torch']}, {meta['date']}\n"
+        f"{meta['torch_threads']} threads), torch {meta['torch']}, {meta['date']}, "
+        f"load average {load_before[:1]} -> {meta['load_average_1_5_15min']['end'][:1]}\n"
         f"Command: `{meta['command']}`; median of {args.repeats} after {args.warmup} warm-up; "
         "ratio = reference time / kernel time.\n\n"
     )

@@ -131,6 +131,8 @@ def test_gradcheck_cpu_kernel(shapes, M, D, P):
     "shapes, N, M, D, Lq, P",
     [
         (((8, 8), (4, 4), (2, 2)), 2, 8, 32, 20, 4),  # Mask2Former's per-head width
+        (((4, 6), (2, 3)), 1, 2, 16, 9, 2),  # the other compile-time channel counts
+        (((4, 6), (2, 3)), 1, 2, 64, 9, 2),
         (((5, 7), (3, 4), (2, 2)), 1, 2, 5, 17, 3),  # odd channels: vector remainder loop
         (((3, 11), (7, 2)), 3, 3, 8, 9, 1),  # non-square levels, one point
         (((1, 1), (2, 3)), 2, 1, 1, 5, 2),  # 1x1 level, one channel

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "ms_deform_attn/bilinear.h"
 #include "ms_deform_attn/ms_deform_attn.h"
@@ -24,22 +25,28 @@
 namespace clusterformer {
 namespace {
 
+// Channel loops take the channel count as a compile-time constant kD when the kernels are
+// specialised for it (see dispatch_channels), so they unroll into a few vector instructions with
+// no remainder handling; kD = 0 means "runtime D".
+
 // out[d] += coef * v[d]
-template <typename scalar_t>
+template <typename scalar_t, int kD>
 inline void axpy(int64_t D, scalar_t coef, const scalar_t* __restrict__ v, scalar_t* __restrict__ out) {
+  if (kD > 0) D = kD;
 #pragma omp simd
   for (int64_t d = 0; d < D; ++d) out[d] += coef * v[d];
 }
 
 // grad_v[d] += coef * g[d]; returns sum_d g[d] * v[d]. One pass over the channels serves both the
 // scatter into grad_value and the dot product the location / weight gradients need.
-template <typename scalar_t>
+template <typename scalar_t, int kD>
 inline scalar_t scatter_and_dot(
     int64_t D,
     scalar_t coef,
     const scalar_t* __restrict__ g,
     const scalar_t* __restrict__ v,
     scalar_t* __restrict__ grad_v) {
+  if (kD > 0) D = kD;
   scalar_t dot = 0;
 #pragma omp simd reduction(+ : dot)
   for (int64_t d = 0; d < D; ++d) {
@@ -78,7 +85,7 @@ void check_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_star
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int kD>
 void forward_kernel(
     const Sizes& z,
     const scalar_t* value,
@@ -106,7 +113,7 @@ void forward_kernel(
             const scalar_t a = weights[s];
             for (int k = 0; k < 4; ++k) {
               if (!c.valid[k]) continue;
-              axpy(z.D, a * c.weight[k], level_value + c.token[k] * token_stride, out_row);
+              axpy<scalar_t, kD>(z.D, a * c.weight[k], level_value + c.token[k] * token_stride, out_row);
             }
           }
         }
@@ -115,7 +122,7 @@ void forward_kernel(
   });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int kD>
 void backward_kernel(
     const Sizes& z,
     int64_t query_blocks,
@@ -159,7 +166,7 @@ void backward_kernel(
             for (int k = 0; k < 4; ++k) {
               if (!c.valid[k]) continue;
               const int64_t offset = c.token[k] * token_stride;
-              const scalar_t dot = scatter_and_dot(
+              const scalar_t dot = scatter_and_dot<scalar_t, kD>(
                   z.D, a * c.weight[k], g, level_value + offset, level_grad_value + offset);
               grad_a += c.weight[k] * dot;
               grad_x += c.dweight_dx[k] * dot;
@@ -175,6 +182,22 @@ void backward_kernel(
   });
 }
 
+// Calls fn(std::integral_constant<int, kD>) with kD = D for the usual per-head widths (256 or 512
+// channels over 8 or 16 heads), else kD = 0.
+template <typename Fn>
+void dispatch_channels(int64_t D, const Fn& fn) {
+  switch (D) {
+    case 16:
+      return fn(std::integral_constant<int, 16>());
+    case 32:
+      return fn(std::integral_constant<int, 32>());
+    case 64:
+      return fn(std::integral_constant<int, 64>());
+    default:
+      return fn(std::integral_constant<int, 0>());
+  }
+}
+
 }  // namespace
 
 at::Tensor ms_deform_attn_cpu_forward(
@@ -187,10 +210,12 @@ at::Tensor ms_deform_attn_cpu_forward(
   check_levels(spatial_shapes, level_start_index, z.S);
   at::Tensor out = at::empty({z.N, z.Lq, z.M * z.D}, value.options());
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_forward", [&] {
-    forward_kernel<scalar_t>(
+    dispatch_channels(z.D, [&](auto kD) {
+      forward_kernel<scalar_t, decltype(kD)::value>(
         z, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
         level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
         attention_weights.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+    });
   });
   return out;
 }
@@ -222,13 +247,15 @@ std::vector<at::Tensor> ms_deform_attn_cpu_backward(
   }
 
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_backward", [&] {
-    backward_kernel<scalar_t>(
+    dispatch_channels(z.D, [&](auto kD) {
+      backward_kernel<scalar_t, decltype(kD)::value>(
         z, query_blocks, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
         level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
         attention_weights.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
         grad_value.data_ptr<scalar_t>(),
         query_blocks > 1 ? grad_value_copies.data_ptr<scalar_t>() : nullptr,
         grad_locations.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>());
+    });
   });
   if (query_blocks > 1) grad_value.add_(grad_value_copies.sum(0));
   return {grad_value, grad_locations, grad_weights};
