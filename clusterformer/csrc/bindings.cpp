@@ -1,7 +1,12 @@
 // Python bindings of clusterformer._C. Each op's entry points dispatch by device themselves.
-#include <torch/extension.h>
+//
+// torch/csrc/utils/pybind.h (pybind11 plus the at::Tensor casters) rather than torch/extension.h,
+// which drags in the whole C++ frontend and doubles this file's compile time.
+#include <torch/csrc/utils/pybind.h>
 
 #include "ms_deform_attn/ms_deform_attn.h"
+
+namespace py = pybind11;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ClusterFormer's compiled ops (CPU kernels always; CUDA kernels when built with CUDA)";

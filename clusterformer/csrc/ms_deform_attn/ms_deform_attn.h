@@ -13,8 +13,9 @@
 // neighbouring pixels are blended bilinearly and any neighbour outside the map contributes zero.
 #pragma once
 
-// ATen only (not torch/extension.h): keeps pybind11 and the Python headers out of the nvcc build.
-#include <ATen/ATen.h>
+// The Tensor class only (not torch/extension.h or ATen/ATen.h): the kernels include the few
+// operator headers they use, which keeps compile times down, nvcc's in particular.
+#include <ATen/core/Tensor.h>
 
 #include <vector>
 

@@ -13,7 +13,12 @@
 //   pair are split into blocks; block 0 writes into grad_value, block b > 0 into its own zeroed
 //   copy, and the copies are summed at the end. Either way the result does not depend on the
 //   thread count's scheduling (no atomics, fixed summation order per block).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <algorithm>
 #include <cstdint>

@@ -15,10 +15,12 @@
 // on-map pixels are read. A level that does not fit inside value's S tokens (inconsistent
 // spatial_shapes / level_start_index, which the host cannot check without a device sync) is
 // skipped instead of being read out of bounds.
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/Atomic.cuh>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 // c10's stream / guard headers rather than ATen/cuda/CUDAContext.h, which pulls in cuBLAS and
 // cuSPARSE headers that a minimal CUDA toolkit (nvcc + runtime) does not ship.
 #include <c10/cuda/CUDAException.h>
