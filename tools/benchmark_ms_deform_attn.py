@@ -31,7 +31,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from clusterformer.modeling.ops.ms_deform_attn import extension_available, ms_deform_attn
+from clusterformer.modeling.ops import extension_available, ms_deform_attn
 
 STRIDES = (8, 16, 32)
 HEADS, POINTS, CHANNELS = 8, 4, 256

@@ -53,7 +53,8 @@ C10_HOST_DEVICE inline void set_corner(
 }
 
 template <typename T>
-C10_HOST_DEVICE inline void bilinear_corners(T x, T y, int64_t H, int64_t W, BilinearCorners<T>& c) {
+C10_HOST_DEVICE inline void bilinear_corners(
+    T x, T y, int64_t H, int64_t W, BilinearCorners<T>& c) {
   const T Wf = static_cast<T>(W), Hf = static_cast<T>(H);
   const T px = x * Wf - T(0.5);
   const T py = y * Hf - T(0.5);

@@ -11,8 +11,8 @@
 //   (n, m) pairs as threads (the common case: 8 heads) each (n, m) is one task writing straight
 //   into grad_value, race-free without atomics. With fewer pairs than threads, the queries of each
 //   pair are split into blocks; block 0 writes into grad_value, block b > 0 into its own zeroed
-//   copy, and the copies are summed at the end. Either way the result does not depend on the
-//   thread count's scheduling (no atomics, fixed summation order per block).
+//   copy, and the copies are summed at the end. Either way there are no atomics and the result
+//   is deterministic (bitwise repeatable for a given thread count).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -36,7 +36,8 @@ namespace {
 
 // out[d] += coef * v[d]
 template <typename scalar_t, int kD>
-inline void axpy(int64_t D, scalar_t coef, const scalar_t* __restrict__ v, scalar_t* __restrict__ out) {
+inline void axpy(
+    int64_t D, scalar_t coef, const scalar_t* __restrict__ v, scalar_t* __restrict__ out) {
   if (kD > 0) D = kD;
 #pragma omp simd
   for (int64_t d = 0; d < D; ++d) out[d] += coef * v[d];
@@ -78,7 +79,8 @@ Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
 
 // The kernels index value with level_start_index + row * W + col, so every level must lie inside
 // the S tokens. (Cheap on the CPU, where the index tensors are host memory.)
-void check_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index, int64_t S) {
+void check_levels(
+    const at::Tensor& spatial_shapes, const at::Tensor& level_start_index, int64_t S) {
   const int64_t* shapes = spatial_shapes.data_ptr<int64_t>();
   const int64_t* starts = level_start_index.data_ptr<int64_t>();
   for (int64_t l = 0; l < spatial_shapes.size(0); ++l) {
@@ -118,7 +120,8 @@ void forward_kernel(
             const scalar_t a = weights[s];
             for (int k = 0; k < 4; ++k) {
               if (!c.valid[k]) continue;
-              axpy<scalar_t, kD>(z.D, a * c.weight[k], level_value + c.token[k] * token_stride, out_row);
+              axpy<scalar_t, kD>(
+                  z.D, a * c.weight[k], level_value + c.token[k] * token_stride, out_row);
             }
           }
         }
@@ -217,9 +220,9 @@ at::Tensor ms_deform_attn_cpu_forward(
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_forward", [&] {
     dispatch_channels(z.D, [&](auto kD) {
       forward_kernel<scalar_t, decltype(kD)::value>(
-        z, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-        level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
-        attention_weights.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+          z, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
+          level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
+          attention_weights.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
     });
   });
   return out;
@@ -254,12 +257,12 @@ std::vector<at::Tensor> ms_deform_attn_cpu_backward(
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_backward", [&] {
     dispatch_channels(z.D, [&](auto kD) {
       backward_kernel<scalar_t, decltype(kD)::value>(
-        z, query_blocks, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-        level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
-        attention_weights.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
-        grad_value.data_ptr<scalar_t>(),
-        query_blocks > 1 ? grad_value_copies.data_ptr<scalar_t>() : nullptr,
-        grad_locations.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>());
+          z, query_blocks, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
+          level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
+          attention_weights.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
+          grad_value.data_ptr<scalar_t>(),
+          query_blocks > 1 ? grad_value_copies.data_ptr<scalar_t>() : nullptr,
+          grad_locations.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>());
     });
   });
   if (query_blocks > 1) grad_value.add_(grad_value_copies.sum(0));

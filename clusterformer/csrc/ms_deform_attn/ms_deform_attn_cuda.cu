@@ -6,10 +6,10 @@
 // group never straddles two warps (256-thread blocks).
 //
 // Precision. Everything is accumulated in at::opmath_type<scalar_t> (float for half / bfloat16 /
-// float, double for double). grad_value is a scatter (many queries sample the same pixel), done with
-// atomic adds into an opmath-typed buffer: for float / double that buffer is grad_value itself, for
-// half / bfloat16 it is a float32 buffer converted at the end. This is more accurate than atomics
-// on 16-bit values (no rounding per addition) and uses native float atomics.
+// float, double for double). grad_value is a scatter (many queries sample the same pixel), done
+// with atomic adds into an opmath-typed buffer: for float / double that buffer is grad_value
+// itself, for half / bfloat16 a float32 buffer converted at the end. This is more accurate than
+// atomics on 16-bit values (no rounding per addition) and uses native float atomics.
 //
 // Bounds. Sampling goes through bilinear_corners (bilinear.h, shared with the CPU kernels): only
 // on-map pixels are read. A level that does not fit inside value's S tokens (inconsistent
