@@ -34,6 +34,11 @@ import torch
 from clusterformer.modeling.ops import extension_available, ms_deform_attn
 
 STRIDES = (8, 16, 32)
+TIMER_HELP = {
+    "wall": "wall-clock time",
+    "cpu": "process CPU time (--timer cpu, with --threads 1: robust to other processes "
+    "taking turns on a shared machine, which inflate wall-clock times)",
+}
 HEADS, POINTS, CHANNELS = 8, 4, 256
 
 
@@ -75,25 +80,30 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+TIMERS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def time_alternating(
-    fns: Dict[str, Callable[[], None]], device: str, warmup: int, repeats: int
+    fns: Dict[str, Callable[[], None]], device: str, warmup: int, repeats: int, timer: str
 ) -> Dict[str, float]:
     """Median seconds of each function; the functions alternate within every repeat."""
+    clock = TIMERS[timer]
     samples: Dict[str, List[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
         for name, fn in fns.items():
             synchronize(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             synchronize(device)
             if i >= warmup:
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(clock() - start)
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def bench_config(
-    batch: int, image_size: int, device: str, dtype: torch.dtype, warmup: int, repeats: int
+    batch: int, image_size: int, device: str, dtype: torch.dtype, args: argparse.Namespace
 ) -> dict:
+    warmup, repeats, timer = args.warmup, args.repeats, args.timer
     inputs = make_inputs(batch, image_size, device, dtype)
     value, spatial_shapes, level_start_index, locations, weights = inputs
     leaves = {
@@ -128,13 +138,14 @@ def bench_config(
         return run
 
     fwd = time_alternating(
-        {"kernel": forward(True), "reference": forward(False)}, device, warmup, repeats
+        {"kernel": forward(True), "reference": forward(False)}, device, warmup, repeats, timer
     )
     fwd_bwd = time_alternating(
         {"kernel": forward_backward("kernel"), "reference": forward_backward("reference")},
         device,
         warmup,
         repeats,
+        timer,
     )
     # The leaves hold the last backward's gradients: compare the two implementations.
     with torch.no_grad():
@@ -210,7 +221,7 @@ def run_device(device: str, dtypes: List[torch.dtype], args: argparse.Namespace)
     load_before = load_average()
     for dtype in dtypes:
         for batch, image_size in configs:
-            r = bench_config(batch, image_size, device, dtype, args.warmup, args.repeats)
+            r = bench_config(batch, image_size, device, dtype, args)
             print(
                 f"[{device}] batch {batch} image {image_size} {r['dtype']}: "
                 f"fwd {r['forward_speedup']:.1f}x, fwd+bwd {r['forward_backward_speedup']:.1f}x "
@@ -235,6 +246,7 @@ def run_device(device: str, dtypes: List[torch.dtype], args: argparse.Namespace)
         "warmup": args.warmup,
         "repeats": args.repeats,
         "statistic": "median",
+        "timer": TIMER_HELP[args.timer],
         "ratio": "reference time / kernel time",
     }
     os.makedirs(args.output_dir, exist_ok=True)
@@ -247,7 +259,7 @@ def run_device(device: str, dtypes: List[torch.dtype], args: argparse.Namespace)
         f"{meta['torch_threads']} threads), torch {meta['torch']}, {meta['date']}, "
         f"load average {load_before[:1]} -> {meta['load_average_1_5_15min']['end'][:1]}\n"
         f"Command: `{meta['command']}`; median of {args.repeats} after {args.warmup} warm-up; "
-        "ratio = reference time / kernel time.\n\n"
+        f"{meta['timer']}; ratio = reference time / kernel time.\n\n"
     )
     with open(stem + ".md", "w") as f:
         f.write(header + table)
@@ -263,6 +275,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--timer", choices=sorted(TIMERS), default="wall", help=TIMER_HELP["cpu"])
     parser.add_argument("--output-dir", default="docs/benchmarks")
     parser.add_argument("--suffix", default="", help="appended to the output file names")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
@@ -272,6 +285,8 @@ def main() -> None:
         args.suffix = args.suffix or "_quick"
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.timer == "cpu" and torch.get_num_threads() != 1:
+        parser.error("--timer cpu is only meaningful with --threads 1")
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     for device in devices:
         if not extension_available(device):
