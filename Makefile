@@ -45,12 +45,14 @@ env: $(VENV)/.reference-ready
 env-modern: $(MODERN_VENV)/.modern-ready
 
 # Editable install; builds the C++ (CPU) op against the reference torch. Re-run on every call so
-# edited kernels are recompiled (ninja makes an up-to-date build a no-op).
+# edited kernels are recompiled (ninja makes an up-to-date build a no-op). setup.py would install
+# without the op if it failed to compile (users then get the PyTorch fallback);
+# CLUSTERFORMER_REQUIRE_EXT=1 makes that an error here, so a C++ compile error fails CI.
 build: env
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	CLUSTERFORMER_REQUIRE_EXT=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
 # The modern build compiles the CUDA kernels with the machine's nvcc even without a GPU, so a
-# CUDA compile error fails `make test`.
+# CUDA compile error fails `make test` (FORCE_CUDA=1 also makes a failed build an error).
 build-modern: env-modern
 	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" $(MODERN_PY) setup.py -q build_ext --inplace
 

@@ -1,6 +1,11 @@
 """Ops of the model core. They import and run everywhere: compiled kernels when built, pure PyTorch
 otherwise."""
 
-from .ms_deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
+from .ms_deform_attn import (
+    MSDeformAttn,
+    extension_available,
+    ms_deform_attn,
+    ms_deform_attn_pytorch,
+)
 
-__all__ = ["MSDeformAttn", "ms_deform_attn", "ms_deform_attn_pytorch"]
+__all__ = ["MSDeformAttn", "extension_available", "ms_deform_attn", "ms_deform_attn_pytorch"]

@@ -12,16 +12,116 @@ Shapes used throughout (Deformable-DETR notation):
 * output: ``(N, Lq, M * D)``.
 
 Samples outside a level read zeros (bilinear interpolation with zero padding).
+
+Implementations. :func:`ms_deform_attn` runs the compiled kernels of ``clusterformer._C`` (CPU:
+float32/float64; CUDA: float32/float16/bfloat16/float64) when the extension is built for the
+inputs' device, and otherwise the pure-PyTorch reference :func:`ms_deform_attn_pytorch`, warning
+once per process that the extension is missing. ``CLUSTERFORMER_DISABLE_EXT=1`` (read at every
+call) or ``use_extension=False`` forces the reference. Inputs of different floating dtypes are
+promoted to a common one. float16/bfloat16 inputs on the CPU are computed in float32 (upcast,
+then the output is cast back), in either implementation.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+import os
+import warnings
+from typing import Set
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+try:
+    from clusterformer import _C
+except (ImportError, OSError) as _error:  # not built, or built against another torch
+    _C = None
+    _C_IMPORT_ERROR: str | None = f"{type(_error).__name__}: {_error}"
+else:
+    _C_IMPORT_ERROR = None
+
+DISABLE_EXTENSION_ENV = "CLUSTERFORMER_DISABLE_EXT"
+# Device types with compiled kernels. CPU kernels take float32/float64 (float16/bfloat16 CPU inputs
+# are upcast to float32 first); CUDA kernels take float32/float64/float16/bfloat16.
+_KERNEL_DEVICES = ("cpu", "cuda")
+_CPU_UPCAST_DTYPES = (torch.float16, torch.bfloat16)
+# Reasons already warned about in this process (each fallback warns once).
+_warned: Set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def extension_available(device: torch.device | str = "cpu") -> bool:
+    """Whether ``clusterformer._C`` is importable and has kernels for ``device``'s type."""
+    device_type = torch.device(device).type
+    if _C is None or device_type not in _KERNEL_DEVICES:
+        return False
+    return device_type == "cpu" or bool(_C.with_cuda)
+
+
+def _check_inputs(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> None:
+    """Raises ValueError/TypeError naming the argument whose shape, dtype or device is wrong."""
+    if value.dim() != 4:
+        raise ValueError(f"ms_deform_attn: value must be (N, S, M, D), got {tuple(value.shape)}")
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+        raise ValueError(
+            f"ms_deform_attn: spatial_shapes must be (L, 2), got {tuple(spatial_shapes.shape)}"
+        )
+    N, _, M, _ = value.shape
+    L = spatial_shapes.shape[0]
+    if tuple(level_start_index.shape) != (L,):
+        raise ValueError(
+            f"ms_deform_attn: level_start_index must be (L,) = ({L},), "
+            f"got {tuple(level_start_index.shape)}"
+        )
+    loc_shape = tuple(sampling_locations.shape)
+    if len(loc_shape) != 6 or loc_shape[0] != N or loc_shape[2:4] != (M, L) or loc_shape[5] != 2:
+        raise ValueError(
+            f"ms_deform_attn: sampling_locations must be (N, Lq, M, L, P, 2) with N={N}, M={M}, "
+            f"L={L}, got {loc_shape}"
+        )
+    expected = loc_shape[:5]
+    if tuple(attention_weights.shape) != expected:
+        raise ValueError(
+            f"ms_deform_attn: attention_weights must be (N, Lq, M, L, P) = {expected}, "
+            f"got {tuple(attention_weights.shape)}"
+        )
+    for name, tensor in (
+        ("value", value),
+        ("sampling_locations", sampling_locations),
+        ("attention_weights", attention_weights),
+    ):
+        if not tensor.is_floating_point():
+            raise TypeError(f"ms_deform_attn: {name} must be a floating tensor, got {tensor.dtype}")
+    for name, tensor in (
+        ("spatial_shapes", spatial_shapes),
+        ("level_start_index", level_start_index),
+    ):
+        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+            raise TypeError(f"ms_deform_attn: {name} must be an integer tensor, got {tensor.dtype}")
+    for name, tensor in (
+        ("spatial_shapes", spatial_shapes),
+        ("level_start_index", level_start_index),
+        ("sampling_locations", sampling_locations),
+        ("attention_weights", attention_weights),
+    ):
+        if tensor.device != value.device:
+            raise ValueError(
+                f"ms_deform_attn: {name} is on {tensor.device} but value is on {value.device}; "
+                "move all inputs to one device"
+            )
 
 
 def ms_deform_attn_pytorch(
@@ -31,27 +131,100 @@ def ms_deform_attn_pytorch(
     sampling_locations: Tensor,
     attention_weights: Tensor,
 ) -> Tensor:
-    """Reference implementation with ``grid_sample``; see the module docstring for shapes."""
-    N, _, M, D = value.shape
+    """Reference implementation with ``grid_sample``; see the module docstring for shapes.
+
+    ``level_start_index`` is not read: levels are taken to be stored one after the other in the
+    order of ``spatial_shapes`` (their sizes must add up to ``S``).
+    """
+    N, S, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    sizes = [h * w for h, w in shapes]
+    if sum(sizes) != S:
+        raise ValueError(
+            f"ms_deform_attn: value has {S} tokens but spatial_shapes {shapes} "
+            f"describe {sum(sizes)}"
+        )
     value_per_level = value.split(sizes, dim=1)
     # grid_sample wants coordinates in [-1, 1].
     grids = 2.0 * sampling_locations - 1.0
-    sampled = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    # (N, Lq, M, L, P) -> (N*M, Lq, L, P)
+    weights = attention_weights.transpose(1, 2).reshape(N * M, Lq, L, P)
+    out = value.new_zeros(N * M, D, Lq)
+    for lvl, (h, w) in enumerate(shapes):
         # (N, H*W, M, D) -> (N*M, D, H, W)
-        v = value_per_level[lvl].flatten(2).transpose(1, 2).reshape(N * M, D, int(h), int(w))
+        v = value_per_level[lvl].flatten(2).transpose(1, 2).reshape(N * M, D, h, w)
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        sampled.append(
-            F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-        )
-    # (N*M, D, Lq, L, P) weighted by (N*M, 1, Lq, L, P), summed over levels and points.
-    stacked = torch.stack(sampled, dim=-2)
-    weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L, P)
-    out = (stacked * weights).sum(dim=(-1, -2))
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # (N*M, D, Lq, P) weighted by (N*M, 1, Lq, P), summed over the points; accumulating level
+        # by level keeps one level's samples in memory at a time.
+        out = out + (sampled * weights[:, None, :, lvl]).sum(-1)
     return out.view(N, M * D, Lq).transpose(1, 2).contiguous()
+
+
+class _MSDeformAttnFunction(torch.autograd.Function):
+    """Autograd wrapper of the compiled kernels (first derivatives only)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        value: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        sampling_locations: Tensor,
+        attention_weights: Tensor,
+    ) -> Tensor:
+        output = _C.ms_deform_attn_forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+        ctx.save_for_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        saved = ctx.saved_tensors
+        grad_value, grad_locations, grad_weights = _C.ms_deform_attn_backward(
+            *saved, grad_output.contiguous()
+        )
+        needs = ctx.needs_input_grad
+        return (
+            grad_value if needs[0] else None,
+            None,
+            None,
+            grad_locations if needs[3] else None,
+            grad_weights if needs[4] else None,
+        )
+
+
+def _use_extension(device: torch.device, use_extension: bool | None) -> bool:
+    """Decides between the compiled kernels and the reference (see :func:`ms_deform_attn`)."""
+    if use_extension is None:
+        if os.environ.get(DISABLE_EXTENSION_ENV, "0") not in ("", "0"):
+            return False
+    elif not use_extension:
+        return False
+    if extension_available(device):
+        return True
+    if _C is None:
+        reason = f"clusterformer._C could not be imported ({_C_IMPORT_ERROR})"
+        hint = "build it with `make build` or `python setup.py build_ext --inplace`"
+        key = "missing"
+    else:
+        reason = f"clusterformer._C has no kernels for {device.type} tensors"
+        hint = "rebuild it where a CUDA toolkit matches torch, or with FORCE_CUDA=1"
+        key = f"device:{device.type}"
+    if use_extension:
+        raise RuntimeError(f"ms_deform_attn: use_extension=True but {reason}; {hint}")
+    _warn_once(
+        key,
+        f"{reason}: multi-scale deformable attention falls back to the slower pure-PyTorch "
+        f"reference; {hint}.",
+    )
+    return False
 
 
 def ms_deform_attn(
@@ -60,11 +233,41 @@ def ms_deform_attn(
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    use_extension: bool | None = None,
 ) -> Tensor:
-    """Multi-scale deformable attention, dispatched to the fastest implementation available."""
-    return ms_deform_attn_pytorch(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    """Multi-scale deformable attention, dispatched to the fastest implementation available.
+
+    Args:
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights: see the
+            module docstring.
+        use_extension: ``None`` (default): the compiled kernels when ``clusterformer._C`` has them
+            for the inputs' device and ``CLUSTERFORMER_DISABLE_EXT`` is unset, else the reference
+            (warning once if the extension is missing). ``False``: always the reference. ``True``:
+            the compiled kernels, raising RuntimeError if they are unavailable.
+
+    Returns:
+        ``(N, Lq, M * D)`` in the promoted dtype of value, sampling_locations and
+        attention_weights.
+    """
+    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    dtype = torch.promote_types(
+        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
     )
+    compute_dtype = dtype
+    if value.device.type == "cpu" and dtype in _CPU_UPCAST_DTYPES:
+        compute_dtype = torch.float32
+    value = value.to(compute_dtype)
+    sampling_locations = sampling_locations.to(compute_dtype)
+    attention_weights = attention_weights.to(compute_dtype)
+    if _use_extension(value.device, use_extension):
+        output = _MSDeformAttnFunction.apply(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    else:
+        output = ms_deform_attn_pytorch(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    return output.to(dtype)
 
 
 class MSDeformAttn(nn.Module):
@@ -116,7 +319,7 @@ class MSDeformAttn(nn.Module):
         input_flatten: Tensor,
         input_spatial_shapes: Tensor,
         input_level_start_index: Tensor,
-        input_padding_mask: Optional[Tensor] = None,
+        input_padding_mask: Tensor | None = None,
     ) -> Tensor:
         """
         Args:
@@ -131,19 +334,16 @@ class MSDeformAttn(nn.Module):
         Returns:
             ``(N, Lq, C)``.
         """
+        self._check_forward_inputs(
+            query,
+            reference_points,
+            input_flatten,
+            input_spatial_shapes,
+            input_level_start_index,
+            input_padding_mask,
+        )
         N, Lq, C = query.shape
         S = input_flatten.shape[1]
-        if C != self.d_model or input_flatten.shape[2] != self.d_model:
-            raise ValueError(
-                f"MSDeformAttn: expected {self.d_model} channels, got query {tuple(query.shape)} "
-                f"and input {tuple(input_flatten.shape)}"
-            )
-        expected_tokens = int((input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).sum())
-        if expected_tokens != S:
-            raise ValueError(
-                f"MSDeformAttn: input has {S} tokens but spatial shapes "
-                f"{input_spatial_shapes.tolist()} describe {expected_tokens}"
-            )
         M, L, P = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
@@ -161,17 +361,75 @@ class MSDeformAttn(nn.Module):
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[
                 None, None, None, :, None, :
             ].to(offsets.dtype)
-        elif reference_points.shape[-1] == 4:
+        else:
+            # Boxes (cx, cy, w, h): offsets are fractions of half the box size per point.
             locations = (
                 reference_points[:, :, None, :, None, :2]
                 + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5
-            )
-        else:
-            raise ValueError(
-                "MSDeformAttn: reference_points must end in 2 (points) or 4 (boxes), got "
-                f"{tuple(reference_points.shape)}"
             )
         out = ms_deform_attn(
             value, input_spatial_shapes, input_level_start_index, locations, weights
         )
         return self.output_proj(out)
+
+    def _check_forward_inputs(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        input_flatten: Tensor,
+        input_spatial_shapes: Tensor,
+        input_level_start_index: Tensor,
+        input_padding_mask: Tensor | None,
+    ) -> None:
+        """Raises ValueError naming the first argument whose shape disagrees with the others."""
+        C, L = self.d_model, self.n_levels
+        if query.dim() != 3 or query.shape[2] != C:
+            raise ValueError(f"MSDeformAttn: query must be (N, Lq, {C}), got {tuple(query.shape)}")
+        N, Lq, _ = query.shape
+        if input_flatten.dim() != 3 or input_flatten.shape[0] != N or input_flatten.shape[2] != C:
+            raise ValueError(
+                f"MSDeformAttn: input_flatten must be (N, S, C) = ({N}, S, {C}), "
+                f"got {tuple(input_flatten.shape)}"
+            )
+        S = input_flatten.shape[1]
+        if reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != (N, Lq, L):
+            raise ValueError(
+                f"MSDeformAttn: reference_points must be (N, Lq, L, 2 or 4) = ({N}, {Lq}, {L}, 2 "
+                f"or 4), got {tuple(reference_points.shape)}"
+            )
+        if reference_points.shape[3] not in (2, 4):
+            raise ValueError(
+                "MSDeformAttn: reference_points must end in 2 (points) or 4 (boxes), got "
+                f"{tuple(reference_points.shape)}"
+            )
+        if tuple(input_spatial_shapes.shape) != (L, 2):
+            raise ValueError(
+                f"MSDeformAttn: input_spatial_shapes must be (n_levels, 2) = ({L}, 2), "
+                f"got {tuple(input_spatial_shapes.shape)}"
+            )
+        if tuple(input_level_start_index.shape) != (L,):
+            raise ValueError(
+                f"MSDeformAttn: input_level_start_index must be (n_levels,) = ({L},), "
+                f"got {tuple(input_level_start_index.shape)}"
+            )
+        if input_padding_mask is not None and tuple(input_padding_mask.shape) != (N, S):
+            raise ValueError(
+                f"MSDeformAttn: input_padding_mask must be (N, S) = ({N}, {S}), "
+                f"got {tuple(input_padding_mask.shape)}"
+            )
+        # One host read of the L + 2L index values: worth it, since a mismatch would make the
+        # kernels sample the wrong tokens.
+        flat = torch.cat([input_spatial_shapes.flatten(), input_level_start_index]).tolist()
+        shapes, starts = flat[: 2 * L], flat[2 * L :]
+        sizes = [h * w for h, w in zip(shapes[0::2], shapes[1::2])]
+        if sum(sizes) != S:
+            raise ValueError(
+                f"MSDeformAttn: input has {S} tokens but input_spatial_shapes "
+                f"{input_spatial_shapes.tolist()} describe {sum(sizes)}"
+            )
+        expected_starts = [sum(sizes[:lvl]) for lvl in range(L)]
+        if starts != expected_starts:
+            raise ValueError(
+                f"MSDeformAttn: input_level_start_index {starts} does not match the level sizes "
+                f"{sizes} (expected {expected_starts})"
+            )

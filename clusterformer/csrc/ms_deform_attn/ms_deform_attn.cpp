@@ -1,0 +1,175 @@
+// Multi-scale deformable attention: argument checks and dispatch by device.
+//
+// Every user-facing error is raised here, before any kernel runs, and names the offending argument.
+#include "ms_deform_attn/ms_deform_attn.h"
+
+#include <string>
+
+namespace clusterformer {
+namespace {
+
+constexpr const char* kOp = "ms_deform_attn: ";
+
+struct Inputs {
+  at::Tensor value;
+  at::Tensor spatial_shapes;
+  at::Tensor level_start_index;
+  at::Tensor sampling_locations;
+  at::Tensor attention_weights;
+};
+
+void check_device(const at::Tensor& tensor, const char* name, const at::Tensor& value) {
+  TORCH_CHECK(
+      tensor.device() == value.device(), kOp, name, " is on ", tensor.device(),
+      " but value is on ", value.device(), "; move all inputs to one device");
+}
+
+void check_dtype(const at::Tensor& tensor, const char* name, const at::Tensor& value) {
+  TORCH_CHECK(
+      tensor.scalar_type() == value.scalar_type(), kOp, name, " has dtype ",
+      tensor.scalar_type(), " but value has ", value.scalar_type(), "; cast them to one dtype");
+}
+
+// Checks ranks, sizes, dtypes and devices; returns contiguous tensors (index tensors as int64).
+Inputs prepare(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  TORCH_CHECK(value.dim() == 4, kOp, "value must be (N, S, M, D), got shape ", value.sizes());
+  TORCH_CHECK(
+      spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2, kOp,
+      "spatial_shapes must be (L, 2), got shape ", spatial_shapes.sizes());
+  const int64_t L = spatial_shapes.size(0);
+  TORCH_CHECK(
+      level_start_index.dim() == 1 && level_start_index.size(0) == L, kOp,
+      "level_start_index must be (L,) = (", L, ",), got shape ", level_start_index.sizes());
+  const int64_t N = value.size(0), M = value.size(2);
+  TORCH_CHECK(
+      sampling_locations.dim() == 6 && sampling_locations.size(0) == N &&
+          sampling_locations.size(2) == M && sampling_locations.size(3) == L &&
+          sampling_locations.size(5) == 2,
+      kOp, "sampling_locations must be (N, Lq, M, L, P, 2) with N=", N, ", M=", M, ", L=", L,
+      ", got shape ", sampling_locations.sizes());
+  const int64_t Lq = sampling_locations.size(1), P = sampling_locations.size(4);
+  TORCH_CHECK(
+      attention_weights.dim() == 5 && attention_weights.size(0) == N &&
+          attention_weights.size(1) == Lq && attention_weights.size(2) == M &&
+          attention_weights.size(3) == L && attention_weights.size(4) == P,
+      kOp, "attention_weights must be (N, Lq, M, L, P) = (", N, ", ", Lq, ", ", M, ", ", L, ", ",
+      P, "), got shape ", attention_weights.sizes());
+
+  TORCH_CHECK(
+      at::isFloatingType(value.scalar_type()), kOp, "value must be a floating tensor, got ",
+      value.scalar_type());
+  check_dtype(sampling_locations, "sampling_locations", value);
+  check_dtype(attention_weights, "attention_weights", value);
+  TORCH_CHECK(
+      at::isIntegralType(spatial_shapes.scalar_type(), /*includeBool=*/false), kOp,
+      "spatial_shapes must be an integer tensor, got ", spatial_shapes.scalar_type());
+  TORCH_CHECK(
+      at::isIntegralType(level_start_index.scalar_type(), /*includeBool=*/false), kOp,
+      "level_start_index must be an integer tensor, got ", level_start_index.scalar_type());
+
+  check_device(spatial_shapes, "spatial_shapes", value);
+  check_device(level_start_index, "level_start_index", value);
+  check_device(sampling_locations, "sampling_locations", value);
+  check_device(attention_weights, "attention_weights", value);
+
+  return Inputs{
+      value.contiguous(),
+      spatial_shapes.to(at::kLong).contiguous(),
+      level_start_index.to(at::kLong).contiguous(),
+      sampling_locations.contiguous(),
+      attention_weights.contiguous()};
+}
+
+void check_cpu_dtype(const at::Tensor& value) {
+  const auto dtype = value.scalar_type();
+  TORCH_CHECK(
+      dtype == at::kFloat || dtype == at::kDouble, kOp,
+      "the CPU kernel supports float32 and float64, got ", dtype,
+      " (clusterformer.modeling.ops.ms_deform_attn upcasts low-precision CPU inputs)");
+}
+
+#ifndef WITH_CUDA
+[[noreturn]] void fail_no_cuda() {
+  TORCH_CHECK(
+      false, kOp,
+      "clusterformer._C was built without CUDA kernels; rebuild it with a CUDA toolkit "
+      "(FORCE_CUDA=1 python setup.py build_ext --inplace) or use ms_deform_attn_pytorch");
+}
+#endif
+
+[[noreturn]] void fail_device(const at::Tensor& value) {
+  TORCH_CHECK(false, kOp, "no kernel for device ", value.device(), "; use ms_deform_attn_pytorch");
+}
+
+}  // namespace
+
+at::Tensor ms_deform_attn_forward(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const Inputs in =
+      prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  if (in.value.is_cpu()) {
+    check_cpu_dtype(in.value);
+    return ms_deform_attn_cpu_forward(
+        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+        in.attention_weights);
+  }
+  if (in.value.is_cuda()) {
+#ifdef WITH_CUDA
+    return ms_deform_attn_cuda_forward(
+        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+        in.attention_weights);
+#else
+    fail_no_cuda();
+#endif
+  }
+  fail_device(in.value);
+}
+
+std::vector<at::Tensor> ms_deform_attn_backward(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    const at::Tensor& grad_output) {
+  const Inputs in =
+      prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const int64_t N = in.value.size(0), M = in.value.size(2), D = in.value.size(3);
+  const int64_t Lq = in.sampling_locations.size(1);
+  TORCH_CHECK(
+      grad_output.dim() == 3 && grad_output.size(0) == N && grad_output.size(1) == Lq &&
+          grad_output.size(2) == M * D,
+      kOp, "grad_output must be (N, Lq, M * D) = (", N, ", ", Lq, ", ", M * D, "), got shape ",
+      grad_output.sizes());
+  check_dtype(grad_output, "grad_output", in.value);
+  check_device(grad_output, "grad_output", in.value);
+  const at::Tensor grad = grad_output.contiguous();
+
+  if (in.value.is_cpu()) {
+    check_cpu_dtype(in.value);
+    return ms_deform_attn_cpu_backward(
+        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+        in.attention_weights, grad);
+  }
+  if (in.value.is_cuda()) {
+#ifdef WITH_CUDA
+    return ms_deform_attn_cuda_backward(
+        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
+        in.attention_weights, grad);
+#else
+    fail_no_cuda();
+#endif
+  }
+  fail_device(in.value);
+}
+
+}  // namespace clusterformer
