@@ -25,24 +25,31 @@ help:
 	@echo "make lint   - ruff check + format check"
 
 # ---- environments -------------------------------------------------------------------------
-$(VENV)/.reference-ready: requirements/reference.txt
-	@echo "==> creating the reference environment in $(VENV) (Python 3.10, torch 2.3.1, detectron2)"
-	rm -rf $(VENV)
-	"$$(tools/find_python.sh 3.10)" -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip<25" "setuptools<70" wheel
-	$(PY) -m pip install -q -r requirements/reference.txt
-	touch $@
+# An environment is (re)created when it is missing or its requirements file's content changed:
+# the ready-marker stores the file's hash (not its date, so a checkout that touches the file
+# does not cost a rebuild).
+REF_HASH = $(shell sha256sum requirements/reference.txt | cut -c1-16)
+MODERN_HASH = $(shell sha256sum requirements/modern.txt | cut -c1-16)
 
-$(MODERN_VENV)/.modern-ready: requirements/modern.txt
-	@echo "==> creating the modern environment in $(MODERN_VENV) (Python 3.11+, torch from PyPI, no detectron2)"
-	rm -rf $(MODERN_VENV)
-	"$$(tools/find_python.sh 3.11 2>/dev/null || tools/find_python.sh 3.12)" -m venv $(MODERN_VENV)
-	$(MODERN_PY) -m pip install -q --upgrade pip setuptools wheel
-	$(MODERN_PY) -m pip install -q -r requirements/modern.txt
-	touch $@
+env:
+	@if [ "$$(cat $(VENV)/.reference-ready 2>/dev/null)" != "$(REF_HASH)" ]; then \
+	  echo "==> creating the reference environment in $(VENV) (Python 3.10, torch 2.3.1, detectron2)"; \
+	  rm -rf $(VENV) && \
+	  "$$(tools/find_python.sh 3.10)" -m venv $(VENV) && \
+	  $(PY) -m pip install -q --upgrade "pip<25" "setuptools<70" wheel && \
+	  $(PY) -m pip install -q -r requirements/reference.txt && \
+	  echo "$(REF_HASH)" > $(VENV)/.reference-ready; \
+	fi
 
-env: $(VENV)/.reference-ready
-env-modern: $(MODERN_VENV)/.modern-ready
+env-modern:
+	@if [ "$$(cat $(MODERN_VENV)/.modern-ready 2>/dev/null)" != "$(MODERN_HASH)" ]; then \
+	  echo "==> creating the modern environment in $(MODERN_VENV) (Python 3.11+, torch from PyPI, no detectron2)"; \
+	  rm -rf $(MODERN_VENV) && \
+	  "$$(tools/find_python.sh 3.11 2>/dev/null || tools/find_python.sh 3.12)" -m venv $(MODERN_VENV) && \
+	  $(MODERN_PY) -m pip install -q --upgrade pip setuptools wheel && \
+	  $(MODERN_PY) -m pip install -q -r requirements/modern.txt && \
+	  echo "$(MODERN_HASH)" > $(MODERN_VENV)/.modern-ready; \
+	fi
 
 # Editable install; builds the C++ (CPU) op against the reference torch. Re-run on every call so
 # edited kernels are recompiled (ninja makes an up-to-date build a no-op). setup.py would install
