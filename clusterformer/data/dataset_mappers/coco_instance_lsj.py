@@ -11,9 +11,10 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
 
-from .augmentations import build_lsj_augmentations, build_test_augmentations, valid_pixels_after
+from .augmentations import build_lsj_augmentations, valid_pixels_after
 from .dataset_info import num_classes_for_training
 from .inference import image_to_chw_tensor, map_for_inference, read_checked_image
+from .inference_transform import test_augmentations_from_config
 from .instance_annotations import (
     annotation_classes,
     check_annotation_categories,
@@ -70,9 +71,7 @@ class COCOInstanceLSJDatasetMapper:
         if not is_train:
             return {
                 "is_train": False,
-                "augmentations": build_test_augmentations(
-                    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-                ),
+                "augmentations": test_augmentations_from_config(cfg),
                 "image_format": cfg.INPUT.FORMAT,
             }
         return {

@@ -15,11 +15,11 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from .augmentations import (
     build_detr_augmentations,
     build_lsj_augmentations,
-    build_test_augmentations,
     valid_pixels_after,
 )
 from .dataset_info import num_classes_for_training
 from .inference import image_to_chw_tensor, map_for_inference, read_checked_image
+from .inference_transform import test_augmentations_from_config
 from .instance_annotations import (
     annotation_classes,
     check_annotation_categories,
@@ -105,9 +105,7 @@ class DETRDetectionDatasetMapper:
         if not is_train:
             return {
                 "is_train": False,
-                "augmentations": build_test_augmentations(
-                    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-                ),
+                "augmentations": test_augmentations_from_config(cfg),
                 "image_format": cfg.INPUT.FORMAT,
             }
         return {

@@ -10,9 +10,9 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
 
-from .augmentations import build_test_augmentations
 from .dataset_info import ignore_label_for_training, num_classes_for_training
 from .inference import map_for_inference, read_checked_image
+from .inference_transform import test_augmentations_from_config
 from .mapper_io import panoptic_rgb_to_ids, read_panoptic_png
 from .mask_former_semantic import augment_and_pad, semantic_augmentations_from_config
 from .registry import register_mapper
@@ -78,9 +78,7 @@ class MaskFormerPanopticDatasetMapper:
         if not is_train:
             return {
                 "is_train": False,
-                "augmentations": build_test_augmentations(
-                    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-                ),
+                "augmentations": test_augmentations_from_config(cfg),
                 "image_format": cfg.INPUT.FORMAT,
             }
         ignore_label = ignore_label_for_training(cfg)

@@ -13,11 +13,11 @@ from detectron2.data import transforms as T
 
 from .augmentations import (
     build_semantic_augmentations,
-    build_test_augmentations,
     valid_pixels_after,
 )
 from .dataset_info import ignore_label_for_training, num_classes_for_training
 from .inference import image_to_chw_tensor, map_for_inference, read_checked_image
+from .inference_transform import test_augmentations_from_config
 from .mapper_io import read_semantic_png
 from .registry import register_mapper
 from .targets import (
@@ -127,9 +127,7 @@ class MaskFormerSemanticDatasetMapper:
         if not is_train:
             return {
                 "is_train": False,
-                "augmentations": build_test_augmentations(
-                    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-                ),
+                "augmentations": test_augmentations_from_config(cfg),
                 "image_format": cfg.INPUT.FORMAT,
             }
         ignore_label = ignore_label_for_training(cfg)
