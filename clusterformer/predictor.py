@@ -197,8 +197,14 @@ class ClusterMaps:
             E-step (``cluster_assignment.argmax(0)``), -1 where no query may take the pixel;
             None for a model without a clustering decoder.
         decoder_stride: the stride the decoder's assignment was computed at.
-        query_classes: ``(Q,)`` each query's most likely class; ``num_classes`` = "no object".
+        query_classes: ``(Q,)`` each query's most likely class in the final predictions;
+            ``num_classes`` = "no object".
         query_scores: ``(Q,)`` the probability of that class.
+        estep_query_classes, estep_query_scores: the same for the queries as they entered the
+            last decoder layer, i.e. the centres the last E-step started from (the previous
+            layer's predictions, whose masks also restricted it). Each layer is matched to the
+            targets on its own, so in a briefly trained model a query may change its class in
+            the last layer; these say what the assigned clusters were.
     """
 
     geometry: InputGeometry
@@ -209,6 +215,8 @@ class ClusterMaps:
     decoder_stride: Optional[int] = None
     query_classes: Optional[np.ndarray] = None
     query_scores: Optional[np.ndarray] = None
+    estep_query_classes: Optional[np.ndarray] = None
+    estep_query_scores: Optional[np.ndarray] = None
     num_classes: Optional[int] = None
 
 
@@ -299,6 +307,9 @@ class ClusterFormerPredictor:
 
         def record_decoder_output(_module, _args, output):
             captured["pred_logits"] = output["pred_logits"][0].detach().float().cpu()
+            if output.get("aux_outputs"):
+                previous = output["aux_outputs"][-1]["pred_logits"][0]
+                captured["estep_logits"] = previous.detach().float().cpu()
             if output.get("pixel_assignment") is not None:
                 captured["assignment_hw"] = tuple(output["pixel_assignment"].shape[-2:])
 
@@ -332,11 +343,12 @@ class ClusterFormerPredictor:
             maps.decoder = _tokens_to_input(query, stride, input_hw)
             maps.decoder_stride = stride
         if "pred_logits" in captured:
-            probabilities = captured["pred_logits"].softmax(-1)
-            scores, classes = probabilities.max(-1)
-            maps.query_classes = classes.numpy()
-            maps.query_scores = scores.numpy()
-            maps.num_classes = probabilities.shape[-1] - 1
+            scores, classes = captured["pred_logits"].softmax(-1).max(-1)
+            maps.query_classes, maps.query_scores = classes.numpy(), scores.numpy()
+            maps.num_classes = captured["pred_logits"].shape[-1] - 1
+        if "estep_logits" in captured:
+            scores, classes = captured["estep_logits"].softmax(-1).max(-1)
+            maps.estep_query_classes, maps.estep_query_scores = classes.numpy(), scores.numpy()
         return self._filtered(outputs), maps
 
     @staticmethod

@@ -112,9 +112,14 @@ def render_cluster_overlay(
     for cluster, text in (labels or {}).items():
         if cluster in centroids:
             x, y = centroids[cluster]
-            _put_outlined_text(
-                out, text, (int(x) + radius + 2, int(y) + radius), font_scale, thickness
+            (width, height), _ = cv2.getTextSize(
+                text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness + 2
             )
+            left = int(x) + radius + 2
+            if left + width > W:  # would leave the image: write it left of the dot
+                left = max(0, int(x) - radius - 2 - width)
+            baseline = min(max(int(y) + radius, height), H - 2)
+            _put_outlined_text(out, text, (left, baseline), font_scale, thickness)
     if title:
         _put_outlined_text(out, title, (4, 4 + int(22 * font_scale)), font_scale * 1.1, thickness)
     return out

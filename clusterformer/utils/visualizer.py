@@ -123,6 +123,33 @@ class PredictionVisualizer:
         return visualizer.output
 
 
+def decoder_cluster_labels(
+    maps: ClusterMaps, queries: Sequence[int], metadata: Any = None
+) -> Dict[int, str]:
+    """``{query: "q<index> <class> <probability>[ -> <final class>]"}`` for the decoder's clusters:
+    the class the query predicted when the last E-step ran (the previous layer's prediction) and,
+    when it differs, the query's final class. Without the E-step classes, the final ones."""
+    names = class_names(metadata, maps.num_classes) if metadata is not None else []
+
+    def name_of(category: int) -> str:
+        if category == maps.num_classes:
+            return "no object"
+        return names[category] if category < len(names) else str(category)
+
+    labels = {}
+    for query in queries:
+        final = int(maps.query_classes[query])
+        if maps.estep_query_classes is None:
+            labels[query] = f"q{query} {name_of(final)} {maps.query_scores[query]:.2f}"
+            continue
+        at_estep = int(maps.estep_query_classes[query])
+        label = f"q{query} {name_of(at_estep)} {maps.estep_query_scores[query]:.2f}"
+        if final != at_estep:
+            label += f" -> {name_of(final)}"
+        labels[query] = label
+    return labels
+
+
 def render_cluster_maps(
     image_rgb: np.ndarray,
     maps: ClusterMaps,
@@ -134,7 +161,11 @@ def render_cluster_maps(
 ) -> Dict[str, np.ndarray]:
     """One RGB picture per requested backbone stage (``{stage: image}``, head ``head``) and, when
     the model has a clustering decoder, ``"decoder"`` (pixels coloured by the query they are
-    assigned to, labelled with the query's predicted class). All drawn over the original image.
+    assigned to). All drawn over the original image.
+
+    Decoder clusters are labelled ``q<index> <class> <probability>`` with the class the query
+    predicted when the last E-step ran (the previous layer's prediction), followed by
+    ``-> <final class>`` when its final prediction differs.
     """
     geometry = maps.geometry
     if tuple(image_rgb.shape[:2]) != geometry.original_hw:
@@ -164,15 +195,8 @@ def render_cluster_maps(
         query_ids = geometry.input_map_to_original(maps.decoder)
         labels = None
         if label_queries and maps.query_classes is not None:
-            names = class_names(metadata, maps.num_classes) if metadata is not None else []
-            labels = {}
-            for query in np.unique(query_ids[query_ids >= 0]).tolist():
-                category = int(maps.query_classes[query])
-                if category == maps.num_classes:
-                    name = "no object"
-                else:
-                    name = names[category] if category < len(names) else str(category)
-                labels[query] = f"q{query} {name} {maps.query_scores[query]:.2f}"
+            queries = np.unique(query_ids[query_ids >= 0]).tolist()
+            labels = decoder_cluster_labels(maps, queries, metadata)
         count = len(np.unique(query_ids[query_ids >= 0]))
         pictures["decoder"] = render_cluster_overlay(
             image_rgb,

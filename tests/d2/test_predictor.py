@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG
 
@@ -13,11 +14,13 @@ from clusterformer import ClusterFormerPredictor, add_clusterformer_config
 from clusterformer.data.dataset_mappers import InputGeometry, build_test_transform
 from clusterformer.engine import Trainer
 from clusterformer.predictor import (
+    ClusterMaps,
     enable_task_outputs,
     filter_by_confidence,
     infer_task,
 )
 from clusterformer.utils.image_io import read_image_uint8
+from clusterformer.utils.visualizer import decoder_cluster_labels
 
 
 def make_cfg(config_file: str, weights: str = "", *opts: str):
@@ -154,6 +157,19 @@ def test_cluster_maps(shapes_panoptic_checkpoint):
     # res2: windows of 7x7 tokens at stride 4 = 28 pixels; 107 x 160 pixels -> 4 x 6 windows.
     assert len(np.unique(maps.backbone_windows["res2"][0])) == 4 * 6
 
+    # The E-step classes are those of the previous layer's predictions (the last aux output).
+    captured = {}
+    hook = predictor.model.transformer_decoder.register_forward_hook(
+        lambda _module, _args, output: captured.update(output=output)
+    )
+    predictor(image)
+    hook.remove()
+    previous = captured["output"]["aux_outputs"][-1]["pred_logits"][0].softmax(-1)
+    assert np.array_equal(maps.estep_query_classes, previous.argmax(-1).numpy())
+    assert np.allclose(maps.estep_query_scores, previous.max(-1).values.numpy())
+    final = captured["output"]["pred_logits"][0].softmax(-1)
+    assert np.array_equal(maps.query_classes, final.argmax(-1).numpy())
+
     num_queries = outputs["cluster_assignment"].shape[0]
     assert maps.decoder.shape == (107, 160) and maps.decoder_stride == 8
     assert maps.decoder.min() >= -1 and maps.decoder.max() < num_queries
@@ -225,3 +241,23 @@ def test_task_inference_and_switches():
         enable_task_outputs(make_cfg(CLS_CONFIG), "panoptic")
     with pytest.raises(ValueError, match="Unknown task"):
         enable_task_outputs(cfg, "depth")
+
+
+def test_decoder_cluster_labels():
+    maps = ClusterMaps(
+        geometry=InputGeometry((4, 4), (4, 4), (0, 0, 4, 4)),
+        query_classes=np.array([1, 2, 3]),
+        query_scores=np.array([0.9, 0.8, 0.7]),
+        estep_query_classes=np.array([1, 0, 3]),
+        estep_query_scores=np.array([0.5, 0.6, 0.4]),
+        num_classes=3,
+    )
+    metadata = Metadata(stuff_classes=["circle", "sky", "grass"])
+    labels = decoder_cluster_labels(maps, [0, 1, 2], metadata)
+    assert labels == {
+        0: "q0 sky 0.50",
+        1: "q1 circle 0.60 -> grass",
+        2: "q2 no object 0.40",
+    }
+    maps.estep_query_classes = None
+    assert decoder_cluster_labels(maps, [1], None) == {1: "q1 2 0.80"}
