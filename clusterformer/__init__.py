@@ -4,7 +4,7 @@ The model core (``clusterformer.modeling``: backbone, ops, pixel decoder, decode
 criterion, post-processing) is plain PyTorch and imports without detectron2. When detectron2 is
 installed, importing this package also registers the Detectron2 layer, as Mask2Former does (the
 ``D2ClusterFormer`` backbone, the meta-architectures, the data sets) and exposes
-:func:`add_clusterformer_config`.
+:func:`add_clusterformer_config` and :class:`ClusterFormerPredictor`.
 """
 
 import importlib.util
@@ -21,3 +21,4 @@ if detectron2_available():
     from . import data  # noqa: F401  (registers the data sets)
     from .config import add_clusterformer_config  # noqa: F401
     from .modeling import meta_arch  # noqa: F401  (registers backbones and meta-architectures)
+    from .predictor import ClusterFormerPredictor  # noqa: F401

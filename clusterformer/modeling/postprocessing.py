@@ -112,7 +112,8 @@ def panoptic_inference(
 
     Returns:
         ``panoptic_seg`` ``(H, W)`` int32 (0 = void) and ``segments_info``, one dict per segment:
-        ``{"id", "category_id", "isthing"}``.
+        ``{"id", "category_id", "isthing", "score"}`` (``score``: the query's class probability;
+        for a merged stuff segment, that of its first query), as Detectron2's panoptic outputs.
     """
     _check(mask_cls, mask_pred, "panoptic_inference")
     num_classes = mask_cls.shape[-1] - 1
@@ -160,7 +161,14 @@ def panoptic_inference(
         if not isthing:
             stuff_segment_of_class[category] = segment_id
         panoptic_seg[segment] = segment_id
-        segments_info.append({"id": segment_id, "isthing": isthing, "category_id": category})
+        segments_info.append(
+            {
+                "id": segment_id,
+                "isthing": isthing,
+                "category_id": category,
+                "score": float(cur_scores[k]),
+            }
+        )
     return panoptic_seg, segments_info
 
 

@@ -53,11 +53,14 @@ def test_panoptic_inference_rules():
     )
     assert seg.dtype == torch.int32
     assert torch.equal(seg, expected)
+    scores = [s.pop("score") for s in info]
     assert info == [
         {"id": 1, "isthing": True, "category_id": 0},
         {"id": 2, "isthing": True, "category_id": 1},
         {"id": 3, "isthing": False, "category_id": 2},
     ]
+    # Each segment's score is its (first) query's class probability.
+    assert scores == pytest.approx([0.99, 0.99, 0.98], abs=1e-5)
 
 
 def test_panoptic_overlap_threshold_and_label_divisor():

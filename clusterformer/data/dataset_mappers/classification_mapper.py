@@ -12,6 +12,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import detection_utils as utils
 from torchvision.transforms import v2 as T
 
+from .inference_transform import classification_test_ops
 from .registry import register_mapper
 
 
@@ -78,7 +79,7 @@ class ClassificationDatasetMapper:
             if rand_augment_magnitude is not None:
                 ops.append(T.RandAugment(num_ops=2, magnitude=rand_augment_magnitude))
         else:
-            ops = [T.Resize(test_resize, antialias=True), T.CenterCrop(test_crop)]
+            ops = classification_test_ops(test_resize, test_crop)
         self.transform = T.Compose(ops)
 
     @classmethod

@@ -17,8 +17,8 @@ import numpy as np
 from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
 
-from .augmentations import build_test_augmentations
 from .inference import map_for_inference, read_checked_image
+from .inference_transform import test_augmentations_from_config
 
 
 class DatasetMapperBase(ABC):
@@ -59,9 +59,7 @@ class DatasetMapperBase(ABC):
         if not is_train:
             return {
                 "is_train": False,
-                "augmentations": build_test_augmentations(
-                    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
-                ),
+                "augmentations": test_augmentations_from_config(cfg),
                 "image_format": cfg.INPUT.FORMAT,
             }
         return {"is_train": True, "image_format": cfg.INPUT.FORMAT, **cls.training_arguments(cfg)}

@@ -1,0 +1,367 @@
+"""``ClusterFormerPredictor``: a trained ClusterFormer model on single in-memory images.
+
+Like Detectron2's ``DefaultPredictor``, it builds the model from a config, loads
+``MODEL.WEIGHTS``, and runs one ``(H, W, 3)`` uint8 image at a time through *the same*
+test-time transform as the config's test mapper (:func:`build_test_transform`), so its outputs
+equal those of ``Trainer.build_test_loader`` + model on the same image. It also records what the
+paper's explainability rests on: the cluster assignments of the backbone stages and of the
+decoder (:meth:`ClusterFormerPredictor.predict_with_clusters`).
+
+    from clusterformer import ClusterFormerPredictor
+    predictor = ClusterFormerPredictor(cfg, confidence_threshold=0.5)
+    outputs = predictor(cv2.imread("photo.jpg"))  # BGR, as OpenCV reads it
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.modeling import build_model
+from torch import Tensor, nn
+
+from .data.dataset_mappers.inference_transform import InputGeometry, build_test_transform
+from .modeling.backbone.clusterformer import STAGE_NAMES, STAGE_STRIDES
+
+logger = logging.getLogger(__name__)
+
+# What a model can be asked to show; each maps to the output key it needs.
+TASKS = ("panoptic", "instance", "semantic", "detection", "classification")
+TASK_OUTPUT_KEYS = {
+    "panoptic": "panoptic_seg",
+    "instance": "instances",
+    "semantic": "sem_seg",
+    "detection": "instances",
+    "classification": "class_scores",
+}
+CLASSIFIER_META_ARCHITECTURES = ("ClusterFormerClassifier",)
+
+
+def infer_task(cfg: CfgNode) -> str:
+    """The task a config's model is meant for: "classification" for a classifier, "detection" for
+    a box-only decoder (``BOX_ON`` without ``MASK_ON``), else the richest enabled segmentation
+    output (panoptic, then instance, then semantic)."""
+    if cfg.MODEL.META_ARCHITECTURE in CLASSIFIER_META_ARCHITECTURES:
+        return "classification"
+    decoder = cfg.MODEL.get("CLUSTER_DECODER", None)
+    if decoder is None:
+        raise ValueError(
+            f"Cannot infer the task of MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: "
+            "not a ClusterFormer config (no MODEL.CLUSTER_DECODER); pass the task explicitly"
+        )
+    if decoder.get("BOX_ON", False) and not decoder.get("MASK_ON", True):
+        return "detection"
+    test = decoder.TEST
+    for task, key in (("panoptic", "PANOPTIC_ON"), ("instance", "INSTANCE_ON")):
+        if test.get(key, False):
+            return task
+    if test.get("SEMANTIC_ON", False):
+        return "semantic"
+    if test.get("DETECTION_ON", False):
+        return "detection"
+    raise ValueError(
+        "No inference output is enabled in MODEL.CLUSTER_DECODER.TEST "
+        "(SEMANTIC_ON / INSTANCE_ON / PANOPTIC_ON are all False)"
+    )
+
+
+def enable_task_outputs(cfg: CfgNode, task: str) -> CfgNode:
+    """A copy of ``cfg`` whose model produces the output ``task`` needs (turns on the matching
+    ``MODEL.CLUSTER_DECODER.TEST.*_ON`` switch); raises when the model cannot do the task."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}")
+    is_classifier = cfg.MODEL.META_ARCHITECTURE in CLASSIFIER_META_ARCHITECTURES
+    if (task == "classification") != is_classifier:
+        raise ValueError(
+            f"Task {task!r} does not fit MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}: "
+            "classification needs a classifier config, the other tasks a ClusterFormer "
+            "(segmentation / detection) config"
+        )
+    cfg = cfg.clone()
+    cfg.defrost()
+    switch = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
+    if task in switch:
+        cfg.MODEL.CLUSTER_DECODER.TEST[switch[task]] = True
+    elif task == "detection":
+        decoder = cfg.MODEL.CLUSTER_DECODER
+        # A box-only detector already returns instances; a mask model's instances carry boxes.
+        if not (decoder.get("BOX_ON", False) or decoder.TEST.get("DETECTION_ON", False)):
+            decoder.TEST.INSTANCE_ON = True
+    cfg.freeze()
+    return cfg
+
+
+def filter_by_confidence(outputs: Dict[str, Any], threshold: float) -> Dict[str, Any]:
+    """Drop instances with ``score < threshold`` and panoptic *thing* segments whose ``score`` is
+    below it (their pixels become void, id 0). Stuff segments, ``sem_seg`` and ``class_scores``
+    are kept. Returns a new dict; ``outputs`` is not modified."""
+    outputs = dict(outputs)
+    if "instances" in outputs:
+        instances = outputs["instances"]
+        outputs["instances"] = instances[instances.scores >= threshold]
+    if "panoptic_seg" in outputs:
+        panoptic_seg, segments_info = outputs["panoptic_seg"]
+        dropped = [s for s in segments_info if s.get("isthing") and s.get("score", 1.0) < threshold]
+        if dropped:
+            panoptic_seg = panoptic_seg.clone()
+            for segment in dropped:
+                panoptic_seg[panoptic_seg == segment["id"]] = 0
+            segments_info = [s for s in segments_info if s not in dropped]
+        outputs["panoptic_seg"] = (panoptic_seg, segments_info)
+    return outputs
+
+
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that keeps the incompatible keys of its last load."""
+
+    incompatible = None
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
+def load_weights(model: nn.Module, weights: str) -> None:
+    """Load ``weights`` (a path or a Detectron2/URL path) into ``model``; raise when the file is
+    missing or does not fit the model (missing parameters or different shapes), so a predictor
+    never silently runs with random layers. Extra checkpoint keys are only logged."""
+    if not weights:
+        raise ValueError(
+            "MODEL.WEIGHTS is empty: the predictor needs a trained checkpoint "
+            "(e.g. MODEL.WEIGHTS output/model_final.pth)"
+        )
+    if "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS={weights!r}: no such checkpoint file")
+    checkpointer = _RecordingCheckpointer(model)
+    checkpointer.load(weights)
+    incompatible = checkpointer.incompatible
+    if incompatible is None:
+        return
+    problems = []
+    if incompatible.missing_keys:
+        problems.append(
+            f"{len(incompatible.missing_keys)} model parameters are not in it "
+            f"(e.g. {incompatible.missing_keys[:5]})"
+        )
+    if incompatible.incorrect_shapes:
+        shapes = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in incompatible.incorrect_shapes]
+        problems.append(f"{len(shapes)} parameters have other shapes (e.g. {shapes[:3]})")
+    if problems:
+        raise ValueError(
+            f"Checkpoint {weights!r} does not fit the model built from the config: "
+            + "; ".join(problems)
+            + ". Use the config the checkpoint was trained with."
+        )
+    if incompatible.unexpected_keys:
+        logger.warning(
+            "Checkpoint %s has %d keys the model does not use (e.g. %s)",
+            weights,
+            len(incompatible.unexpected_keys),
+            incompatible.unexpected_keys[:5],
+        )
+
+
+def _tokens_to_input(tokens: Tensor, stride: int, input_hw: Tuple[int, int]) -> np.ndarray:
+    """``(..., h, w)`` map at ``stride`` over the padded input -> ``(..., H_in, W_in)`` int64 over
+    the model input (token ``(i, j)`` covers pixels ``[i s, (i + 1) s) x [j s, (j + 1) s)``)."""
+    values = tokens.detach().cpu().numpy().astype(np.int64)
+    values = np.repeat(np.repeat(values, stride, axis=-2), stride, axis=-1)
+    if values.shape[-2] < input_hw[0] or values.shape[-1] < input_hw[1]:
+        raise ValueError(
+            f"A stride-{stride} map of {tuple(tokens.shape[-2:])} tokens does not cover the "
+            f"model input {input_hw}"
+        )
+    return np.ascontiguousarray(values[..., : input_hw[0], : input_hw[1]])
+
+
+@dataclass
+class ClusterMaps:
+    """The cluster assignments of one image, at the model input's resolution.
+
+    Attributes:
+        geometry: where the model input lies in the original image
+            (:meth:`InputGeometry.input_map_to_original` maps the arrays below onto it).
+        backbone: per stage (``res2``..``res5``), ``(heads, H_in, W_in)`` int64 cluster ids of the
+            last block's last E-step (ids are unique across windows).
+        backbone_windows: per stage, ``(heads, H_in, W_in)`` int64 window index of each pixel.
+        backbone_strides: per stage, its stride.
+        decoder: ``(H_in, W_in)`` int64 query each pixel is assigned to by the decoder's last
+            E-step (``cluster_assignment.argmax(0)``), -1 where no query may take the pixel;
+            None for a model without a clustering decoder.
+        decoder_stride: the stride the decoder's assignment was computed at.
+        query_classes: ``(Q,)`` each query's most likely class in the final predictions;
+            ``num_classes`` = "no object".
+        query_scores: ``(Q,)`` the probability of that class.
+        estep_query_classes, estep_query_scores: the same for the queries as they entered the
+            last decoder layer, i.e. the centres the last E-step started from (the previous
+            layer's predictions, whose masks also restricted it). Each layer is matched to the
+            targets on its own, so in a briefly trained model a query may change its class in
+            the last layer; these say what the assigned clusters were.
+    """
+
+    geometry: InputGeometry
+    backbone: Dict[str, np.ndarray] = field(default_factory=dict)
+    backbone_windows: Dict[str, np.ndarray] = field(default_factory=dict)
+    backbone_strides: Dict[str, int] = field(default_factory=dict)
+    decoder: Optional[np.ndarray] = None
+    decoder_stride: Optional[int] = None
+    query_classes: Optional[np.ndarray] = None
+    query_scores: Optional[np.ndarray] = None
+    estep_query_classes: Optional[np.ndarray] = None
+    estep_query_scores: Optional[np.ndarray] = None
+    num_classes: Optional[int] = None
+
+
+class ClusterFormerPredictor:
+    """Build a ClusterFormer model from ``cfg``, load ``cfg.MODEL.WEIGHTS`` and predict on single
+    images. Thread-unsafe (one model, eval mode, no gradients).
+
+    Args:
+        cfg: a Detectron2 config with the ClusterFormer keys (``add_clusterformer_config``).
+        confidence_threshold: when given, instances and panoptic thing segments with a lower
+            score are removed from the outputs (:func:`filter_by_confidence`).
+
+    Attributes:
+        model, cfg (frozen copy), metadata (of ``DATASETS.TEST[0]``, else ``DATASETS.TRAIN[0]``),
+        input_format (``INPUT.FORMAT``), test_transform (the test mapper's transform).
+    """
+
+    def __init__(self, cfg: CfgNode, confidence_threshold: Optional[float] = None):
+        self.cfg = cfg.clone()
+        self.cfg.freeze()
+        if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+        self.confidence_threshold = confidence_threshold
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(
+                f"INPUT.FORMAT={self.input_format!r}: the predictor supports 'RGB' or 'BGR'"
+            )
+        datasets = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+        self.metadata = MetadataCatalog.get(datasets[0]) if datasets else Metadata()
+        self.test_transform = build_test_transform(cfg)
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        load_weights(self.model, cfg.MODEL.WEIGHTS)
+
+    def prepare_inputs(
+        self, image: np.ndarray, format: str = "BGR"
+    ) -> Tuple[Dict[str, Any], InputGeometry]:
+        """``(H, W, 3)`` uint8 image in ``format`` -> (the model's input dict, as the test mapper
+        makes it: ``{"image": (3, H', W') uint8 in INPUT.FORMAT, "height": H, "width": W}``, the
+        geometry of the transform)."""
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"image must be (H, W, 3) uint8, got shape {image.shape} dtype {image.dtype}; "
+                "convert grayscale / RGBA / 16-bit images first "
+                "(clusterformer.utils.image_io.read_image_uint8 does)"
+            )
+        if format not in ("RGB", "BGR"):
+            raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
+        if format != self.input_format:
+            image = image[:, :, ::-1]
+        model_image, geometry = self.test_transform(np.ascontiguousarray(image))
+        inputs = {
+            "image": torch.as_tensor(np.ascontiguousarray(model_image.transpose(2, 0, 1))),
+            "height": geometry.original_hw[0],
+            "width": geometry.original_hw[1],
+        }
+        return inputs, geometry
+
+    def __call__(self, image: np.ndarray, format: str = "BGR") -> Dict[str, Any]:
+        """Detectron2-format outputs for one ``(H, W, 3)`` uint8 image (BGR as OpenCV reads it,
+        or ``format="RGB"``): ``sem_seg``, ``panoptic_seg``, ``instances``,
+        ``cluster_assignment`` for ClusterFormer; ``class_scores`` for the classifier. Spatial
+        outputs have the original image size."""
+        inputs, _ = self.prepare_inputs(image, format)
+        with torch.no_grad():
+            outputs = self.model([inputs])[0]
+        return self._filtered(outputs)
+
+    def predict_with_clusters(
+        self, image: np.ndarray, format: str = "BGR"
+    ) -> Tuple[Dict[str, Any], ClusterMaps]:
+        """Like ``__call__``, plus the cluster assignments of the backbone stages and of the
+        decoder (:class:`ClusterMaps`)."""
+        inputs, geometry = self.prepare_inputs(image, format)
+        backbone = self.model.backbone
+        if not hasattr(backbone, "recording_assignments"):
+            raise TypeError(
+                f"The backbone {type(backbone).__name__} does not record cluster assignments; "
+                "cluster maps need the ClusterFormer backbone (MODEL.BACKBONE.NAME D2ClusterFormer)"
+            )
+        captured: Dict[str, Any] = {}
+
+        def record_backbone_input(_module, args):
+            captured["padded_hw"] = tuple(args[0].shape[-2:])
+
+        def record_decoder_output(_module, _args, output):
+            captured["pred_logits"] = output["pred_logits"][0].detach().float().cpu()
+            if output.get("aux_outputs"):
+                previous = output["aux_outputs"][-1]["pred_logits"][0]
+                captured["estep_logits"] = previous.detach().float().cpu()
+            if output.get("pixel_assignment") is not None:
+                captured["assignment_hw"] = tuple(output["pixel_assignment"].shape[-2:])
+
+        hooks = [backbone.register_forward_pre_hook(record_backbone_input)]
+        decoder = getattr(self.model, "transformer_decoder", None)
+        if decoder is not None:
+            hooks.append(decoder.register_forward_hook(record_decoder_output))
+        try:
+            with torch.no_grad(), backbone.recording_assignments() as stage_maps:
+                outputs = self.model([inputs])[0]
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+        input_hw = geometry.input_hw
+        maps = ClusterMaps(geometry=geometry)
+        strides = dict(zip(STAGE_NAMES, STAGE_STRIDES))
+        mixers = self._last_mixers(backbone)
+        for name, ids in stage_maps.items():
+            stride = strides[name]
+            ids_in = _tokens_to_input(ids[0], stride, input_hw)
+            maps.backbone[name] = ids_in
+            maps.backbone_windows[name] = ids_in // mixers[name].num_centres
+            maps.backbone_strides[name] = stride
+
+        if "cluster_assignment" in outputs and "assignment_hw" in captured:
+            assignment = outputs["cluster_assignment"].float()  # (Q, h, w)
+            stride = captured["padded_hw"][0] // captured["assignment_hw"][0]
+            query = assignment.argmax(0)
+            query[assignment.sum(0) <= 0] = -1  # pixels every query's mask excluded
+            maps.decoder = _tokens_to_input(query, stride, input_hw)
+            maps.decoder_stride = stride
+        if "pred_logits" in captured:
+            scores, classes = captured["pred_logits"].softmax(-1).max(-1)
+            maps.query_classes, maps.query_scores = classes.numpy(), scores.numpy()
+            maps.num_classes = captured["pred_logits"].shape[-1] - 1
+        if "estep_logits" in captured:
+            scores, classes = captured["estep_logits"].softmax(-1).max(-1)
+            maps.estep_query_classes, maps.estep_query_scores = classes.numpy(), scores.numpy()
+        return self._filtered(outputs), maps
+
+    @staticmethod
+    def _last_mixers(backbone: nn.Module) -> Dict[str, nn.Module]:
+        """Stage name -> the mixer whose assignments ``recording_assignments`` reports."""
+        stages: List[nn.Module] = list(backbone.stages)
+        return {
+            name: stage.blocks[-1].mixer
+            for name, stage in zip(STAGE_NAMES, stages)
+            if len(stage.blocks) > 0
+        }
+
+    def _filtered(self, outputs: Dict[str, Any]) -> Dict[str, Any]:
+        if self.confidence_threshold is None:
+            return outputs
+        return filter_by_confidence(outputs, self.confidence_threshold)

@@ -1,0 +1,263 @@
+"""ClusterFormerPredictor: same outputs as the test loader, weight checks, cluster maps, filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data.catalog import Metadata
+from detectron2.structures import Boxes, Instances
+from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG
+
+from clusterformer import ClusterFormerPredictor, add_clusterformer_config
+from clusterformer.data.dataset_mappers import InputGeometry, build_test_transform
+from clusterformer.engine import Trainer
+from clusterformer.predictor import (
+    ClusterMaps,
+    enable_task_outputs,
+    filter_by_confidence,
+    infer_task,
+)
+from clusterformer.utils.image_io import read_image_uint8
+from clusterformer.utils.visualizer import decoder_cluster_labels
+
+
+def make_cfg(config_file: str, weights: str = "", *opts: str):
+    cfg = get_cfg()
+    add_clusterformer_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(["MODEL.WEIGHTS", weights, "DATALOADER.NUM_WORKERS", "0", *opts])
+    return cfg
+
+
+def assert_same_outputs(actual: dict, expected: dict) -> None:
+    assert sorted(actual) == sorted(expected)
+    for key, value in expected.items():
+        if key == "panoptic_seg":
+            assert torch.equal(actual[key][0], value[0])
+            assert actual[key][1] == value[1]
+        elif key == "instances":
+            assert actual[key].image_size == value.image_size
+            for name in ("pred_masks", "scores", "pred_classes"):
+                assert torch.equal(actual[key].get(name), value.get(name)), name
+            assert torch.equal(actual[key].pred_boxes.tensor, value.pred_boxes.tensor)
+        else:
+            assert torch.equal(actual[key], value), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["panoptic", "classification"])
+def test_predictor_equals_the_test_loader_path(task, request):
+    """One validation image through Trainer.build_test_loader + model and through the predictor
+    (read as BGR, as OpenCV users do) gives the same model input and identical outputs."""
+    if task == "panoptic":
+        cfg = make_cfg(PANOPTIC_CONFIG, request.getfixturevalue("shapes_panoptic_checkpoint"))
+    else:
+        cfg = make_cfg(CLS_CONFIG, request.getfixturevalue("shapes_classification_checkpoint"))
+    predictor = ClusterFormerPredictor(cfg)
+    loader = Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])
+    batch = next(iter(loader))
+    assert len(batch) == 1
+    with torch.no_grad():
+        expected = predictor.model(batch)[0]
+
+    image_bgr = read_image_uint8(batch[0]["file_name"], format="BGR")
+    inputs, geometry = predictor.prepare_inputs(image_bgr, format="BGR")
+    assert torch.equal(inputs["image"], batch[0]["image"])
+    assert geometry.input_hw == tuple(batch[0]["image"].shape[-2:])
+    if task == "panoptic":
+        assert (inputs["height"], inputs["width"]) == (batch[0]["height"], batch[0]["width"])
+    assert_same_outputs(predictor(image_bgr, format="BGR"), expected)
+    # RGB input: same result.
+    assert_same_outputs(predictor(np.ascontiguousarray(image_bgr[:, :, ::-1]), "RGB"), expected)
+
+
+@pytest.mark.slow
+def test_outputs_have_the_original_size(shapes_panoptic_checkpoint):
+    predictor = ClusterFormerPredictor(make_cfg(PANOPTIC_CONFIG, shapes_panoptic_checkpoint))
+    image = np.random.default_rng(0).integers(0, 256, (90, 200, 3), dtype=np.uint8)
+    outputs = predictor(image)
+    assert outputs["sem_seg"].shape[-2:] == (90, 200)
+    assert outputs["panoptic_seg"][0].shape == (90, 200)
+    assert outputs["instances"].image_size == (90, 200)
+    assert outputs["instances"].pred_masks.shape[-2:] == (90, 200)
+
+
+@pytest.mark.slow
+def test_weights_errors(tmp_path, shapes_classification_checkpoint):
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
+        ClusterFormerPredictor(make_cfg(PANOPTIC_CONFIG, ""))
+    missing = str(tmp_path / "nothere.pth")
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        ClusterFormerPredictor(make_cfg(PANOPTIC_CONFIG, missing))
+    # A classifier's checkpoint lacks the pixel decoder and transformer decoder.
+    with pytest.raises(ValueError, match="does not fit the model"):
+        ClusterFormerPredictor(make_cfg(PANOPTIC_CONFIG, shapes_classification_checkpoint))
+    # Same architecture, other widths: shape mismatches.
+    with pytest.raises(ValueError, match="other shapes"):
+        ClusterFormerPredictor(
+            make_cfg(
+                CLS_CONFIG,
+                shapes_classification_checkpoint,
+                "MODEL.CLUSTERFORMER.EMBED_DIMS",
+                "[32, 64, 128, 128]",
+            )
+        )
+
+
+@pytest.mark.slow
+def test_bad_images_are_rejected(shapes_classification_checkpoint):
+    predictor = ClusterFormerPredictor(make_cfg(CLS_CONFIG, shapes_classification_checkpoint))
+    with pytest.raises(ValueError, match="uint8"):
+        predictor(np.zeros((64, 64, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        predictor(np.zeros((64, 64), dtype=np.uint8))
+    with pytest.raises(ValueError, match="format"):
+        predictor(np.zeros((64, 64, 3), dtype=np.uint8), format="HSV")
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        ClusterFormerPredictor(
+            make_cfg(CLS_CONFIG, shapes_classification_checkpoint), confidence_threshold=1.5
+        )
+
+
+@pytest.mark.slow
+def test_classifier_outputs_probabilities(shapes_classification_checkpoint):
+    predictor = ClusterFormerPredictor(make_cfg(CLS_CONFIG, shapes_classification_checkpoint))
+    image = np.random.default_rng(1).integers(0, 256, (120, 80, 3), dtype=np.uint8)
+    scores = predictor(image)["class_scores"]
+    assert scores.shape == (4,)
+    assert torch.all(scores >= 0) and float(scores.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_cluster_maps(shapes_panoptic_checkpoint):
+    predictor = ClusterFormerPredictor(make_cfg(PANOPTIC_CONFIG, shapes_panoptic_checkpoint))
+    image = np.random.default_rng(2).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    outputs, maps = predictor.predict_with_clusters(image)
+    assert_same_outputs(outputs, predictor(image))
+
+    # MIN_SIZE_TEST 128 / MAX_SIZE_TEST 160: 100x150 -> 107x160.
+    assert maps.geometry == InputGeometry((100, 150), (107, 160), (0, 0, 107, 160))
+    backbone = predictor.model.backbone
+    assert sorted(maps.backbone) == ["res2", "res3", "res4", "res5"]
+    for stage, heads in zip(["res2", "res3", "res4", "res5"], backbone.num_heads):
+        ids = maps.backbone[stage]
+        assert ids.shape == (heads, 107, 160) and ids.dtype == np.int64
+        if stage != "res5":  # res5 is a single 4x5-token window here; it may form one cluster
+            assert len(np.unique(ids[0])) >= 2, stage
+        stride = maps.backbone_strides[stage]
+        # Constant over each stride x stride token cell.
+        assert np.array_equal(
+            ids[:, ::stride, ::stride].repeat(stride, 1).repeat(stride, 2)[:, :107, :160], ids
+        )
+        # A window holds centers_per_window^2 cluster ids.
+        mixer = backbone.stages[int(stage[-1]) - 2].blocks[-1].mixer
+        assert np.array_equal(maps.backbone_windows[stage], ids // mixer.num_centres)
+    # res2: windows of 7x7 tokens at stride 4 = 28 pixels; 107 x 160 pixels -> 4 x 6 windows.
+    assert len(np.unique(maps.backbone_windows["res2"][0])) == 4 * 6
+
+    # The E-step classes are those of the previous layer's predictions (the last aux output).
+    captured = {}
+    hook = predictor.model.transformer_decoder.register_forward_hook(
+        lambda _module, _args, output: captured.update(output=output)
+    )
+    predictor(image)
+    hook.remove()
+    previous = captured["output"]["aux_outputs"][-1]["pred_logits"][0].softmax(-1)
+    assert np.array_equal(maps.estep_query_classes, previous.argmax(-1).numpy())
+    assert np.allclose(maps.estep_query_scores, previous.max(-1).values.numpy())
+    final = captured["output"]["pred_logits"][0].softmax(-1)
+    assert np.array_equal(maps.query_classes, final.argmax(-1).numpy())
+
+    num_queries = outputs["cluster_assignment"].shape[0]
+    assert maps.decoder.shape == (107, 160) and maps.decoder_stride == 8
+    assert maps.decoder.min() >= -1 and maps.decoder.max() < num_queries
+    assert len(np.unique(maps.decoder[maps.decoder >= 0])) >= 2
+    expected = outputs["cluster_assignment"].argmax(0).numpy()
+    assert np.array_equal(maps.decoder[::8, ::8], expected)
+    assert maps.query_classes.shape == (num_queries,) and maps.num_classes == 7
+    assert np.all((maps.query_scores > 0) & (maps.query_scores <= 1))
+
+    original = maps.geometry.input_map_to_original(maps.decoder)
+    assert original.shape == (100, 150)
+
+
+def test_classification_geometry_places_the_centre_crop():
+    cfg = make_cfg(CLS_CONFIG, "", "INPUT.CLASSIFICATION.TEST_RESIZE", "80")
+    transform = build_test_transform(cfg)
+    image = np.zeros((100, 200, 3), dtype=np.uint8)
+    model_input, geometry = transform(image)
+    assert model_input.shape == (64, 64, 3)
+    # 100x200 -> 80x160, centre crop 64: offsets (8, 48).
+    assert geometry == InputGeometry((100, 200), (80, 160), (8, 48, 64, 64))
+    on_original = geometry.input_map_to_original(np.ones((64, 64), dtype=np.int64))
+    assert on_original.shape == (100, 200)
+    # The crop covers rows 10..89 and columns 60..139 of the original (scale 1.25).
+    assert on_original[50, 100] == 1 and on_original[5, 100] == -1 and on_original[50, 30] == -1
+    assert (on_original[:, 100] == 1).sum() == pytest.approx(80, abs=2)
+
+
+def test_filter_by_confidence():
+    instances = Instances((4, 4))
+    instances.scores = torch.tensor([0.9, 0.3, 0.5])
+    instances.pred_classes = torch.tensor([0, 1, 2])
+    instances.pred_boxes = Boxes(torch.zeros(3, 4))
+    panoptic = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 3, 0], [3, 3, 3, 0]])
+    info = [
+        {"id": 1, "isthing": True, "category_id": 0, "score": 0.9},
+        {"id": 2, "isthing": True, "category_id": 1, "score": 0.3},
+        {"id": 3, "isthing": False, "category_id": 5, "score": 0.2},
+    ]
+    outputs = {"instances": instances, "panoptic_seg": (panoptic, info)}
+    filtered = filter_by_confidence(outputs, 0.5)
+    assert filtered["instances"].scores.tolist() == pytest.approx([0.9, 0.5])
+    seg, kept = filtered["panoptic_seg"]
+    assert [s["id"] for s in kept] == [1, 3]  # low-scoring stuff stays
+    assert torch.equal(seg[:2, 2:], torch.zeros(2, 2, dtype=seg.dtype))
+    assert torch.equal(seg[:2, :2], panoptic[:2, :2]) and torch.equal(seg[2:], panoptic[2:])
+    # The input is untouched.
+    assert len(outputs["instances"]) == 3 and outputs["panoptic_seg"][0][0, 2] == 2
+    assert len(filter_by_confidence(outputs, 1.0)["instances"]) == 0
+
+
+def test_task_inference_and_switches():
+    assert infer_task(make_cfg(CLS_CONFIG)) == "classification"
+    cfg = make_cfg(PANOPTIC_CONFIG)
+    assert infer_task(cfg) == "panoptic"
+    cfg.MODEL.CLUSTER_DECODER.TEST.PANOPTIC_ON = False
+    assert infer_task(cfg) == "instance"
+    cfg.MODEL.CLUSTER_DECODER.TEST.INSTANCE_ON = False
+    assert infer_task(cfg) == "semantic"
+    enabled = enable_task_outputs(cfg, "panoptic")
+    assert (
+        enabled.MODEL.CLUSTER_DECODER.TEST.PANOPTIC_ON
+        and not cfg.MODEL.CLUSTER_DECODER.TEST.PANOPTIC_ON
+    )
+    assert enable_task_outputs(cfg, "detection").MODEL.CLUSTER_DECODER.TEST.INSTANCE_ON
+    with pytest.raises(ValueError, match="classification needs a classifier"):
+        enable_task_outputs(cfg, "classification")
+    with pytest.raises(ValueError, match="does not fit"):
+        enable_task_outputs(make_cfg(CLS_CONFIG), "panoptic")
+    with pytest.raises(ValueError, match="Unknown task"):
+        enable_task_outputs(cfg, "depth")
+
+
+def test_decoder_cluster_labels():
+    maps = ClusterMaps(
+        geometry=InputGeometry((4, 4), (4, 4), (0, 0, 4, 4)),
+        query_classes=np.array([1, 2, 3]),
+        query_scores=np.array([0.9, 0.8, 0.7]),
+        estep_query_classes=np.array([1, 0, 3]),
+        estep_query_scores=np.array([0.5, 0.6, 0.4]),
+        num_classes=3,
+    )
+    metadata = Metadata(stuff_classes=["circle", "sky", "grass"])
+    labels = decoder_cluster_labels(maps, [0, 1, 2], metadata)
+    assert labels == {
+        0: "q0 sky 0.50",
+        1: "q1 circle 0.60 -> grass",
+        2: "q2 no object 0.40",
+    }
+    maps.estep_query_classes = None
+    assert decoder_cluster_labels(maps, [1], None) == {1: "q1 2 0.80"}
