@@ -64,8 +64,13 @@ build-modern: env-modern
 	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" $(MODERN_PY) setup.py -q build_ext --inplace
 
 # ---- the two README commands --------------------------------------------------------------
+# Train + evaluate (Detectron2's evaluators), draw predictions and cluster maps for 8 val images
+# with the demo, then print the metrics and where everything is.
 run: build
 	$(PY) train_net.py --config-file $(RUN_CONFIG) --num-gpus 1 OUTPUT_DIR $(RUN_OUTPUT) MODEL.DEVICE cpu
+	$(PY) demo/demo.py --config-file $(RUN_CONFIG) --show-clusters \
+	  --input "$${DETECTRON2_DATASETS:-datasets}/shapes/val/00000100000[1-8].png" \
+	  --output $(RUN_OUTPUT)/visualizations --opts MODEL.WEIGHTS $(RUN_OUTPUT)/model_final.pth
 	$(PY) tools/summarize_run.py $(RUN_OUTPUT)
 
 test: test-reference test-modern
