@@ -136,7 +136,7 @@ def markdown(record: Dict[str, object]) -> str:
             if stats is None:
                 cells.append("n/a")
                 continue
-            values = ", ".join(f"{v:.1f}" for v in stats["values"])
+            values = ", ".join(f"{v:.2f}" for v in stats["values"])
             cells.append(f"{stats['mean']:.2f} ± {stats['std']:.2f} [{values}]")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     delta = {
@@ -176,7 +176,19 @@ def main() -> int:
     )
     parser.add_argument("--docs-dir", default=os.path.join(REPO, "docs", "experiments"))
     parser.add_argument("--no-write", action="store_true", help="print only (timing runs)")
+    parser.add_argument(
+        "--markdown-only",
+        action="store_true",
+        help="rewrite the Markdown table from the existing JSON record (no training)",
+    )
     args = parser.parse_args()
+    if args.markdown_only:
+        with open(os.path.join(args.docs_dir, "detection_box_restriction.json")) as f:
+            text = markdown(json.load(f))
+        with open(os.path.join(args.docs_dir, "detection_box_restriction.md"), "w") as f:
+            f.write(text)
+        print(text)
+        return 0
 
     runs = []
     for seed in args.seeds:
