@@ -126,14 +126,28 @@ def add_segmentation_config(cfg: CN) -> None:
 
 
 def add_detection_config(cfg: CN) -> None:
-    """Box-level clustering (method.md §3): boxes carried by the queries, box losses and costs."""
+    """Box-level clustering (method.md §3, docs/detection.md): boxes carried by the queries, box
+    losses and costs, and the task switches.
+
+    ``MASK_ON`` / ``BOX_ON`` pick the heads: masks only (pixel level, the segmentation default),
+    boxes only (detection: no mask head, no mask features), or both (instance segmentation whose
+    instances carry the predicted boxes). ``TEST.DETECTION_ON`` returns box detections
+    (``instances`` without masks, needs ``BOX_ON``); ``TEST.INSTANCE_ON`` needs ``MASK_ON``.
+    """
     d = cfg.MODEL.CLUSTER_DECODER
     d.BOX_ON = False
-    # Restrict each query's E-step to the tokens inside its current box.
+    # Restrict each query's E-step to the tokens inside its current box (ANDed with the mask
+    # restriction when MASK_ON and RESTRICT_TO_MASKS).
     d.BOX_RESTRICTED_ASSIGNMENT = True
+    # What the loss of layer l's box reaches through the refinement chain (the reference boxes
+    # are detached between layers either way): "look_forward_twice" (DINO: layer l's and l-1's
+    # box deltas) or "detach" (Deformable DETR: layer l's only).
+    d.BOX_REFINEMENT_GRADIENT = "look_forward_twice"
+    # Box losses and matching costs (the same numbers, as the class and mask weights).
     d.BOX_L1_WEIGHT = 5.0
     d.GIOU_WEIGHT = 2.0
-    # "softmax_ce" (Mask2Former) or "sigmoid_focal" (DETR-family detectors).
+    # "softmax_ce" (Mask2Former) or "sigmoid_focal" (DETR-family detectors; instance and
+    # detection outputs only).
     d.CLASS_LOSS = "softmax_ce"
     d.FOCAL_ALPHA = 0.25
     d.FOCAL_GAMMA = 2.0

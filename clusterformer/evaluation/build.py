@@ -26,8 +26,8 @@ KNOWN_EVALUATOR_TYPES = (
 
 
 def _coco_tasks(cfg: CfgNode) -> tuple:
-    # Boxes are always predicted (from the box head, or computed from the masks); masks unless the
-    # model is a detection-only one.
+    # Boxes are always predicted (from the box head with BOX_ON, else computed from the masks);
+    # masks unless the model is a detection-only one (MASK_ON False).
     return ("bbox", "segm") if cfg.MODEL.CLUSTER_DECODER.MASK_ON else ("bbox",)
 
 
@@ -58,6 +58,12 @@ def build_evaluator(
         if test.PANOPTIC_ON:
             evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
     elif evaluator_type == "coco":
+        if not (test.INSTANCE_ON or test.DETECTION_ON):
+            raise ValueError(
+                f"Data set {dataset_name!r} is evaluated with COCOEvaluator, but the model returns "
+                "no instances: turn on MODEL.CLUSTER_DECODER.TEST.INSTANCE_ON (masks) or "
+                "TEST.DETECTION_ON (boxes)"
+            )
         evaluators.append(
             COCOEvaluator(dataset_name, tasks=_coco_tasks(cfg), output_dir=output_folder)
         )

@@ -26,6 +26,12 @@ def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
 
 
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``log(x / (1 - x))`` with ``x`` clamped to ``[eps, 1 - eps]`` (finite at 0 and 1)."""
+    x = x.clamp(min=eps, max=1 - eps)
+    return torch.log(x / (1 - x))
+
+
 def box_area(boxes: Tensor) -> Tensor:
     """``(..., 4)`` xyxy -> ``(...)`` areas."""
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])

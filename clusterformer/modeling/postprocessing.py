@@ -1,7 +1,14 @@
-"""Inference from per-query class and mask logits (tensors in, tensors out; one image at a time).
+"""Inference from per-query class, mask and box predictions (tensors in, tensors out; one image
+at a time).
 
-Inputs everywhere: ``mask_cls`` ``(Q, K + 1)`` class logits (last = "no object") and ``mask_pred``
-``(Q, H, W)`` mask logits already resized to the output size (see :func:`resize_mask_logits`).
+Inputs everywhere: ``mask_cls`` ``(Q, K + 1)`` class logits (last = "no object"), ``mask_pred``
+``(Q, H, W)`` mask logits already resized to the output size (see :func:`resize_mask_logits`),
+and boxes already converted to absolute xyxy at the output size (see
+:func:`boxes_to_output_size`).
+
+Class probabilities (``class_activation``): ``"softmax"`` over the ``K + 1`` logits, "no object"
+dropped (a model trained with softmax cross-entropy); ``"sigmoid"`` of the first ``K`` logits (a
+model trained with the sigmoid focal loss, whose last logit is untrained).
 """
 
 from __future__ import annotations
@@ -12,7 +19,93 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .box_ops import masks_to_boxes
+from .box_ops import box_cxcywh_to_xyxy, masks_to_boxes
+
+CLASS_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def class_probabilities(mask_cls: Tensor, class_activation: str = "softmax") -> Tensor:
+    """``(Q, K + 1)`` logits -> ``(Q, K)`` fp32 class probabilities (see the module docstring)."""
+    if class_activation == "softmax":
+        return mask_cls.float().softmax(-1)[:, :-1]
+    if class_activation == "sigmoid":
+        return mask_cls[:, :-1].float().sigmoid()
+    raise ValueError(
+        f"class_activation must be one of {CLASS_ACTIVATIONS}, got {class_activation!r}"
+    )
+
+
+def boxes_to_output_size(
+    boxes: Tensor,
+    padded_size: Sequence[int],
+    image_size: Sequence[int],
+    output_size: Sequence[int],
+) -> Tensor:
+    """Normalised cxcywh boxes on the padded canvas -> absolute xyxy at the original image size.
+
+    The decoder's boxes are normalised by the padded batch tensor (``padded_size``), the canvas
+    every feature level covers. They are scaled to input pixels, clipped to this image's valid
+    region ``image_size`` (the padding holds no object), then scaled to ``output_size``.
+
+    Args:
+        boxes: ``(Q, 4)`` normalised ``(cx, cy, w, h)``.
+        padded_size: ``(H_pad, W_pad)`` of the padded input batch tensor.
+        image_size: ``(h, w)`` of this image inside the padded tensor (after resizing).
+        output_size: ``(height, width)`` wanted (the original image).
+
+    Returns:
+        ``(Q, 4)`` fp32 ``(x0, y0, x1, y1)``.
+    """
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes_to_output_size: boxes must be (Q, 4), got {tuple(boxes.shape)}")
+    h_pad, w_pad = (float(s) for s in padded_size)
+    h, w = (float(s) for s in image_size)
+    height, width = (float(s) for s in output_size)
+    xyxy = box_cxcywh_to_xyxy(boxes.float())
+    xs = (xyxy[:, 0::2] * w_pad).clamp(0.0, w) * (width / w)
+    ys = (xyxy[:, 1::2] * h_pad).clamp(0.0, h) * (height / h)
+    return torch.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], dim=-1)
+
+
+def detection_inference(
+    mask_cls: Tensor,
+    box_pred: Tensor,
+    *,
+    test_topk_per_image: int = 100,
+    class_activation: str = "softmax",
+) -> Dict[str, Tensor]:
+    """Boxes with a class and a score, the DETR-family rules.
+
+    * ``"sigmoid"`` (focal-loss models, Deformable DETR / DINO): the ``test_topk_per_image``
+      highest of the ``Q x K`` class probabilities; a query may give several classes.
+    * ``"softmax"`` (DETR): each query's most probable class other than "no object"; the
+      ``test_topk_per_image`` best queries are kept.
+
+    Args:
+        mask_cls: ``(Q, K + 1)`` class logits.
+        box_pred: ``(Q, 4)`` absolute xyxy boxes at the output size.
+
+    Returns:
+        ``pred_boxes`` ``(n, 4)``, ``scores`` ``(n,)`` (the class probability), ``pred_classes``
+        ``(n,)`` int64, sorted by descending score.
+    """
+    if mask_cls.dim() != 2 or box_pred.shape != (mask_cls.shape[0], 4):
+        raise ValueError(
+            f"detection_inference: expected mask_cls (Q, K+1) and box_pred (Q, 4), got "
+            f"{tuple(mask_cls.shape)} and {tuple(box_pred.shape)}"
+        )
+    probs = class_probabilities(mask_cls, class_activation)
+    Q, num_classes = probs.shape
+    if class_activation == "sigmoid":
+        k = min(test_topk_per_image, Q * num_classes)
+        scores, flat_idx = probs.flatten().topk(k, sorted=True)
+        classes = flat_idx % num_classes
+        query_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
+    else:
+        best, best_class = probs.max(-1)
+        scores, query_idx = best.topk(min(test_topk_per_image, Q), sorted=True)
+        classes = best_class[query_idx]
+    return {"pred_boxes": box_pred[query_idx], "scores": scores, "pred_classes": classes}
 
 
 def sem_seg_postprocess(
@@ -179,6 +272,8 @@ def instance_inference(
     test_topk_per_image: int = 100,
     thing_ids: Optional[Set[int]] = None,
     panoptic_on: bool = False,
+    box_pred: Optional[Tensor] = None,
+    class_activation: str = "softmax",
 ) -> Dict[str, Tensor]:
     """Top-k (query, class) pairs as instances (Mask2Former's rule, with real boxes).
 
@@ -187,17 +282,27 @@ def instance_inference(
     ``panoptic_on`` only thing classes are kept (``thing_ids`` required), as in Mask2Former where
     the panoptic model also reports instances.
 
+    Args:
+        box_pred: ``(Q, 4)`` predicted absolute xyxy boxes at the output size (a box-level
+            model); ``None``: boxes are computed from the binary masks.
+        class_activation: ``"softmax"`` or ``"sigmoid"`` (module docstring).
+
     Returns:
         ``pred_masks`` ``(n, H, W)`` bool (``mask logit > 0``); ``scores`` ``(n,)`` = class
         probability x mean ``sigmoid(mask)`` inside the binary mask; ``pred_classes`` ``(n,)``
-        int64; ``pred_boxes`` ``(n, 4)`` xyxy absolute pixel edges of the binary masks (empty mask:
-        zeros). Sorted by descending class probability.
+        int64; ``pred_boxes`` ``(n, 4)``: the query's ``box_pred``, else the xyxy absolute pixel
+        edges of the binary mask (empty mask: zeros). Sorted by descending class probability.
     """
     _check(mask_cls, mask_pred, "instance_inference")
     if panoptic_on and thing_ids is None:
         raise ValueError("instance_inference: panoptic_on=True needs thing_ids")
+    if box_pred is not None and box_pred.shape != (mask_cls.shape[0], 4):
+        raise ValueError(
+            f"instance_inference: box_pred must be ({mask_cls.shape[0]}, 4), got "
+            f"{tuple(box_pred.shape)}"
+        )
     Q, num_classes = mask_cls.shape[0], mask_cls.shape[1] - 1
-    probs = mask_cls.float().softmax(-1)[:, :-1]
+    probs = class_probabilities(mask_cls, class_activation)
     k = min(test_topk_per_image, Q * num_classes)
     class_scores, flat_idx = probs.flatten().topk(k, sorted=True)
     classes = flat_idx % num_classes
@@ -217,5 +322,5 @@ def instance_inference(
         "pred_masks": binary,
         "scores": class_scores * mask_scores,
         "pred_classes": classes,
-        "pred_boxes": masks_to_boxes(binary),
+        "pred_boxes": masks_to_boxes(binary) if box_pred is None else box_pred[query_idx].float(),
     }

@@ -37,7 +37,8 @@ class ClusterFormerSegmenter(nn.Module):
 
     def predict(self, images: Tensor) -> Dict[str, Any]:
         """``images``: ``(B, 3, H, W)`` normalised, ``H, W`` multiples of 32 -> decoder outputs
-        (``pred_logits`` ``(B, Q, K + 1)``, ``pred_masks`` ``(B, Q, H / 4, W / 4)``, ...)."""
+        (``pred_logits`` ``(B, Q, K + 1)``, ``pred_masks`` ``(B, Q, H / 4, W / 4)``,
+        ``pred_boxes`` ``(B, Q, 4)``, ... as the decoder predicts them)."""
         features = self.backbone(images)
         mask_features, multi_scale_features = self.pixel_decoder(features)
         return self.transformer_decoder(multi_scale_features, mask_features)
@@ -58,12 +59,20 @@ def build_clusterformer_segmenter(
     """A segmenter from a backbone preset (``nano``/``tiny``/``small``) and module keyword args.
 
     The defaults are the paper's COCO model (256-d pixel decoder with 6 deformable layers,
-    100 queries, 9 clustering decoder layers, T = 3).
+    100 queries, 9 clustering decoder layers, T = 3). A box-only decoder
+    (``decoder_kwargs={"mask_on": False, "box_on": True}``) gets a pixel decoder without mask
+    features; pass ``in_features=("res3", "res4", "res5")`` so that no backbone output is unused.
     """
     backbone_module = build_clusterformer_backbone(
         backbone, out_features=list(in_features), **(backbone_kwargs or {})
     )
-    pixel_kwargs = {"conv_dim": 256, "mask_dim": 256, **(pixel_decoder_kwargs or {})}
+    mask_on = (decoder_kwargs or {}).get("mask_on", True)
+    pixel_kwargs = {
+        "conv_dim": 256,
+        "mask_dim": 256,
+        "mask_features_on": mask_on,
+        **(pixel_decoder_kwargs or {}),
+    }
     pixel_decoder = MSDeformAttnPixelDecoder(
         backbone_module.out_feature_channels, backbone_module.out_feature_strides, **pixel_kwargs
     )

@@ -8,6 +8,7 @@ from clusterformer.modeling.box_ops import (
     box_iou,
     box_xyxy_to_cxcywh,
     generalized_box_iou,
+    inverse_sigmoid,
     masks_to_boxes,
 )
 
@@ -70,3 +71,24 @@ def test_masks_to_boxes_hand_values_and_empty():
         boxes, torch.tensor([[2.0, 1.0, 5.0, 3.0], [0.0, 0.0, 0.0, 0.0], [0.0, 4.0, 1.0, 5.0]])
     )
     assert masks_to_boxes(torch.zeros(0, 4, 4)).shape == (0, 4)
+
+
+def test_inverse_sigmoid_inverts_sigmoid_and_stays_finite():
+    x = torch.linspace(-6, 6, 25)
+    assert torch.allclose(inverse_sigmoid(x.sigmoid()), x, atol=1e-4)
+    assert torch.allclose(inverse_sigmoid(torch.tensor([0.3])), torch.logit(torch.tensor([0.3])))
+    ends = inverse_sigmoid(torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(ends).all() and ends[0] < -11 and ends[1] > 11
+
+
+def test_xyxy_to_cxcywh_and_giou_of_cxcywh_boxes_against_torchvision():
+    ops = pytest.importorskip("torchvision.ops")
+    a, b = _random_xyxy(17), _random_xyxy(9)
+    assert torch.allclose(box_xyxy_to_cxcywh(a), ops.box_convert(a, "xyxy", "cxcywh"), atol=1e-5)
+    # The losses' path: normalised cxcywh -> xyxy -> GIoU.
+    ca, cb = box_xyxy_to_cxcywh(a) / 80, box_xyxy_to_cxcywh(b) / 80
+    expected = ops.generalized_box_iou(
+        ops.box_convert(ca, "cxcywh", "xyxy"), ops.box_convert(cb, "cxcywh", "xyxy")
+    )
+    got = generalized_box_iou(box_cxcywh_to_xyxy(ca), box_cxcywh_to_xyxy(cb))
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -170,3 +170,53 @@ def test_focal_class_cost_hand_values():
         neg = 0.75 * p**2 * -math.log(1 - p + 1e-8)
         expected.append(pos - neg)
     assert torch.allclose(cost, torch.tensor([expected]), atol=1e-6)
+
+
+def _naive_focal_cost(logit, alpha=0.25, gamma=2.0):
+    p = 1 / (1 + math.exp(-logit))
+    pos = alpha * (1 - p) ** gamma * -math.log(p + 1e-8)
+    neg = (1 - alpha) * p**gamma * -math.log(1 - p + 1e-8)
+    return pos - neg
+
+
+@pytest.mark.parametrize("class_cost_type", ["focal", "softmax"])
+@pytest.mark.parametrize("seed", range(3))
+def test_detection_matching_matches_brute_force(seed, class_cost_type):
+    """The detection configuration: class + L1 + GIoU costs, no masks (DINO's weights)."""
+    torch.manual_seed(seed)
+    w = {"class": 2.0, "bbox": 5.0, "giou": 2.0}
+    matcher = HungarianMatcher(
+        w["class"],
+        0.0,
+        0.0,
+        cost_bbox=w["bbox"],
+        cost_giou=w["giou"],
+        class_cost_type=class_cost_type,
+    )
+    B, Q, K = 2, 6, 3
+    outputs, targets = _random_case(B, Q, K, sizes=[4, 2], with_boxes=True)
+    del outputs["pred_masks"]
+    for t in targets:
+        del t["masks"]
+    indices = matcher(outputs, targets)
+    for b, (rows, cols) in enumerate(indices):
+        cost = []
+        for q in range(Q):
+            row = []
+            for t in range(len(targets[b]["labels"])):
+                label = int(targets[b]["labels"][t])
+                logits = outputs["pred_logits"][b, q]
+                if class_cost_type == "focal":
+                    c = w["class"] * _naive_focal_cost(logits[label].item())
+                else:
+                    c = -w["class"] * logits.softmax(-1)[label].item()
+                pred, tgt = outputs["pred_boxes"][b, q], targets[b]["boxes"][t]
+                c += w["bbox"] * (pred - tgt).abs().sum().item()
+                c -= w["giou"] * _naive_giou(pred.tolist(), tgt.tolist())
+                row.append(c)
+            cost.append(row)
+        assert torch.allclose(
+            matcher.cost_matrices(outputs, targets)[b], torch.tensor(cost), atol=1e-5
+        )
+        matched = sum(cost[q][t] for q, t in zip(rows.tolist(), cols.tolist()))
+        assert math.isclose(matched, _brute_force(cost), rel_tol=1e-6, abs_tol=1e-6)

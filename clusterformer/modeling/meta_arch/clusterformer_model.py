@@ -1,10 +1,11 @@
-"""``ClusterFormer``: the universal segmentation meta-architecture (Detectron2 layer).
+"""``ClusterFormer``: the universal segmentation and detection meta-architecture (Detectron2
+layer).
 
 It is :class:`~clusterformer.modeling.segmenter.ClusterFormerSegmenter` plus what Detectron2
 expects of a meta-architecture: it takes the list of dicts a dataset mapper produces, normalises
 and pads the images, computes the training losses from ``instances`` targets, and at inference
 returns Detectron2's standard outputs (``sem_seg``, ``panoptic_seg``, ``instances``) so its
-evaluators and ``Visualizer`` work unchanged.
+evaluators and ``Visualizer`` work unchanged. The builders live in :mod:`.builders`.
 """
 
 from __future__ import annotations
@@ -18,17 +19,31 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
+from ..box_ops import box_xyxy_to_cxcywh
 from ..criterion import SetCriterion
-from ..matcher import HungarianMatcher
-from ..pixel_decoder import MSDeformAttnPixelDecoder
 from ..postprocessing import (
+    boxes_to_output_size,
+    detection_inference,
     instance_inference,
     panoptic_inference,
     resize_mask_logits,
     semantic_inference,
 )
 from ..segmenter import ClusterFormerSegmenter
-from ..transformer_decoder import ClusteringTransformerDecoder
+from .builders import (
+    build_criterion,
+    build_pixel_decoder,
+    build_transformer_decoder,
+    check_task_switches,
+)
+
+__all__ = [
+    "ClusterFormer",
+    "build_criterion",
+    "build_pixel_decoder",
+    "build_transformer_decoder",
+    "thing_ids_from_metadata",
+]
 
 
 def thing_ids_from_metadata(metadata) -> Set[int]:
@@ -40,99 +55,29 @@ def thing_ids_from_metadata(metadata) -> Set[int]:
     return set(range(len(metadata.get("thing_classes", []))))
 
 
-def build_pixel_decoder(cfg: CfgNode, backbone: Backbone) -> MSDeformAttnPixelDecoder:
-    """``MODEL.SEM_SEG_HEAD`` -> the deformable-attention pixel decoder on ``backbone``'s outputs."""
-    h = cfg.MODEL.SEM_SEG_HEAD
-    if h.PIXEL_DECODER_NAME != "MSDeformAttnPixelDecoder":
-        raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME={h.PIXEL_DECODER_NAME!r}: only "
-            "'MSDeformAttnPixelDecoder' is implemented"
-        )
-    shapes = backbone.output_shape()
-    missing = [f for f in h.IN_FEATURES if f not in shapes]
-    if missing:
-        raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.IN_FEATURES asks for {missing}, but the backbone only outputs "
-            f"{sorted(shapes)} (check MODEL.CLUSTERFORMER.OUT_FEATURES)"
-        )
-    return MSDeformAttnPixelDecoder(
-        {f: shapes[f].channels for f in h.IN_FEATURES},
-        {f: shapes[f].stride for f in h.IN_FEATURES},
-        in_features=list(h.IN_FEATURES),
-        transformer_in_features=list(h.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
-        conv_dim=h.CONVS_DIM,
-        mask_dim=h.MASK_DIM,
-        norm=h.NORM,
-        common_stride=h.COMMON_STRIDE,
-        num_layers=h.TRANSFORMER_ENC_LAYERS,
-        n_heads=h.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
-        n_points=h.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
-        dim_feedforward=h.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
-        dropout=h.DEFORMABLE_TRANSFORMER_ENCODER_DROPOUT,
-    )
-
-
-def build_transformer_decoder(cfg: CfgNode) -> ClusteringTransformerDecoder:
-    """``MODEL.CLUSTER_DECODER`` -> the clustering (or masked-attention) transformer decoder."""
-    h, d = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.CLUSTER_DECODER
-    return ClusteringTransformerDecoder(
-        h.CONVS_DIM,
-        h.NUM_CLASSES,
-        hidden_dim=d.HIDDEN_DIM,
-        num_queries=d.NUM_OBJECT_QUERIES,
-        nheads=d.NHEADS,
-        dim_feedforward=d.DIM_FEEDFORWARD,
-        dec_layers=d.DEC_LAYERS,
-        pre_norm=d.PRE_NORM,
-        mask_dim=h.MASK_DIM,
-        enforce_input_project=d.ENFORCE_INPUT_PROJ,
-        cross_attention=d.CROSS_ATTENTION,
-        clustering_iterations=d.CLUSTERING_ITERATIONS,
-        dropout=d.DROPOUT,
-        num_feature_levels=len(h.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
-        mask_threshold=d.ASSIGNMENT_MASK_THRESHOLD,
-        restrict_to_masks=d.RESTRICT_TO_MASKS,
-    )
-
-
-def build_criterion(cfg: CfgNode) -> SetCriterion:
-    """Matcher costs and loss weights from ``MODEL.CLUSTER_DECODER`` (the same numbers)."""
-    d = cfg.MODEL.CLUSTER_DECODER
-    matcher = HungarianMatcher(
-        cost_class=d.CLASS_WEIGHT,
-        cost_mask=d.MASK_WEIGHT,
-        cost_dice=d.DICE_WEIGHT,
-        num_points=d.TRAIN_NUM_POINTS,
-    )
-    return SetCriterion(
-        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        matcher,
-        eos_coef=d.NO_OBJECT_WEIGHT,
-        class_weight=d.CLASS_WEIGHT,
-        mask_weight=d.MASK_WEIGHT,
-        dice_weight=d.DICE_WEIGHT,
-        losses=("labels", "masks"),
-        num_points=d.TRAIN_NUM_POINTS,
-        oversample_ratio=d.OVERSAMPLE_RATIO,
-        importance_sample_ratio=d.IMPORTANCE_SAMPLE_RATIO,
-        deep_supervision=d.DEEP_SUPERVISION,
-    )
-
-
 @META_ARCH_REGISTRY.register()
 class ClusterFormer(ClusterFormerSegmenter):
-    """Universal segmentation with a clustering decoder (semantic, instance and panoptic).
+    """Universal segmentation and detection with a clustering decoder (semantic, instance,
+    panoptic segmentation and box detection; see :mod:`.builders` for the modes).
 
     Input: a list of mapper dicts with ``"image"`` ``(3, H, W)`` uint8 in ``INPUT.FORMAT`` order,
     optional ``"height"``/``"width"`` (output size; default: the input size) and, in training,
-    ``"instances"`` with ``gt_classes`` and ``gt_masks`` (``BitMasks`` or a bool tensor).
+    ``"instances"`` with ``gt_classes``, ``gt_masks`` (``BitMasks`` or a bool tensor; when the
+    model predicts masks) and ``gt_boxes`` (absolute XYXY ``Boxes`` in the mapped image; when it
+    predicts boxes).
+
+    Boxes: the decoder's boxes are normalised ``(cx, cy, w, h)`` on the padded batch canvas it
+    sees (``images.tensor``, every image at the top left); targets are normalised the same way,
+    and predictions are mapped back by
+    :func:`~clusterformer.modeling.postprocessing.boxes_to_output_size`.
 
     Training returns the weighted loss dict. Inference returns one dict per image with the enabled
     outputs: ``sem_seg`` ``(K, height, width)`` scores, ``panoptic_seg`` ``(seg (height, width)
-    int32, segments_info)``, ``instances`` (``pred_masks``, ``pred_boxes`` from the masks,
-    ``scores``, ``pred_classes``), and ``cluster_assignment`` ``(Q, h, w)`` (the decoder's last
-    E-step assignment of pixels to queries at the level it was computed, padding cropped) when
-    the decoder clusters.
+    int32, segments_info)``, ``instances`` (instance segmentation: ``pred_masks``, ``pred_boxes``
+    (predicted with ``BOX_ON``, else from the masks), ``scores``, ``pred_classes``; detection
+    without masks: ``pred_boxes``, ``scores``, ``pred_classes``), and ``cluster_assignment``
+    ``(Q, h, w)`` (the decoder's last E-step assignment of pixels to queries at the level it was
+    computed, padding cropped) when the decoder clusters.
     """
 
     @configurable
@@ -153,8 +98,23 @@ class ClusterFormer(ClusterFormerSegmenter):
         overlap_threshold: float,
         test_topk_per_image: int,
         thing_ids: Set[int],
+        mask_on: bool = True,
+        box_on: bool = False,
+        detection_on: bool = False,
+        class_activation: str = "softmax",
     ):
+        """
+        Args:
+            mask_on, box_on: what the decoder predicts (``pred_masks``, ``pred_boxes``).
+            detection_on: return box detections as ``instances`` (when ``instance_on`` does not
+                already return instances, which then carry the predicted boxes).
+            class_activation: ``"softmax"`` or ``"sigmoid"`` (focal-loss models) class scores.
+        """
         super().__init__(backbone, pixel_decoder, transformer_decoder)
+        if not mask_on and (semantic_on or panoptic_on or instance_on):
+            raise ValueError("ClusterFormer: semantic/panoptic/instance outputs need mask_on")
+        if detection_on and not box_on:
+            raise ValueError("ClusterFormer: detection_on needs box_on")
         self.criterion = criterion
         self.size_divisibility = size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -166,19 +126,24 @@ class ClusterFormer(ClusterFormerSegmenter):
         self.overlap_threshold = overlap_threshold
         self.test_topk_per_image = test_topk_per_image
         self.thing_ids = set(thing_ids)
+        self.mask_on = mask_on
+        self.box_on = box_on
+        self.detection_on = detection_on
+        self.class_activation = class_activation
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
+        check_task_switches(cfg)
         backbone = build_backbone(cfg)
         d = cfg.MODEL.CLUSTER_DECODER
         test = d.TEST
         # Which classes are things comes from the data set (training set first, as Mask2Former).
         datasets = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
         thing_ids = thing_ids_from_metadata(MetadataCatalog.get(datasets[0])) if datasets else set()
-        if test.INSTANCE_ON and not thing_ids:
+        if (test.INSTANCE_ON or test.DETECTION_ON) and not thing_ids:
             raise ValueError(
-                "ClusterFormer: MODEL.CLUSTER_DECODER.TEST.INSTANCE_ON needs thing classes in the "
-                f"metadata of DATASETS.TRAIN/TEST ({datasets or 'none set'})"
+                "ClusterFormer: MODEL.CLUSTER_DECODER.TEST.INSTANCE_ON / DETECTION_ON need thing "
+                f"classes in the metadata of DATASETS.TRAIN/TEST ({datasets or 'none set'})"
             )
         return {
             "backbone": backbone,
@@ -195,6 +160,10 @@ class ClusterFormer(ClusterFormerSegmenter):
             "overlap_threshold": test.OVERLAP_THRESHOLD,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "thing_ids": thing_ids,
+            "mask_on": d.MASK_ON,
+            "box_on": d.BOX_ON,
+            "detection_on": test.DETECTION_ON,
+            "class_activation": "sigmoid" if d.CLASS_LOSS == "sigmoid_focal" else "softmax",
         }
 
     @property
@@ -233,18 +202,34 @@ class ClusterFormer(ClusterFormerSegmenter):
     def prepare_targets(
         self, gt_instances: List[Instances], images: ImageList
     ) -> List[Dict[str, Tensor]]:
-        """Instances -> criterion targets, masks zero-padded to the batch tensor's size."""
+        """Instances -> criterion targets: ``labels``; ``masks`` zero-padded to the batch tensor's
+        size (``mask_on``); ``boxes`` normalised cxcywh on the padded canvas (``box_on``)."""
         h_pad, w_pad = images.tensor.shape[-2:]
+        canvas = torch.tensor([w_pad, h_pad, w_pad, h_pad], dtype=torch.float32, device=self.device)
         targets = []
         for inst in gt_instances:
             inst = inst.to(self.device)
-            masks = inst.gt_masks
-            masks = masks.tensor if hasattr(masks, "tensor") else masks
-            padded = torch.zeros(
-                (masks.shape[0], h_pad, w_pad), dtype=torch.bool, device=self.device
-            )
-            padded[:, : masks.shape[1], : masks.shape[2]] = masks.bool()
-            targets.append({"labels": inst.gt_classes.long(), "masks": padded})
+            target = {"labels": inst.gt_classes.long()}
+            for field, needed in (("gt_masks", self.mask_on), ("gt_boxes", self.box_on)):
+                if needed and not inst.has(field):
+                    raise ValueError(
+                        f"ClusterFormer: the model predicts {field[3:]} (MODEL.CLUSTER_DECODER."
+                        f"{'MASK_ON' if field == 'gt_masks' else 'BOX_ON'}) but the training "
+                        f"instances have no {field!r}; check INPUT.DATASET_MAPPER_NAME"
+                    )
+            if self.mask_on:
+                masks = inst.gt_masks
+                masks = masks.tensor if hasattr(masks, "tensor") else masks
+                padded = torch.zeros(
+                    (masks.shape[0], h_pad, w_pad), dtype=torch.bool, device=self.device
+                )
+                padded[:, : masks.shape[1], : masks.shape[2]] = masks.bool()
+                target["masks"] = padded
+            if self.box_on:
+                boxes = inst.gt_boxes
+                boxes = boxes.tensor if hasattr(boxes, "tensor") else boxes
+                target["boxes"] = box_xyxy_to_cxcywh(boxes.float() / canvas)
+            targets.append(target)
         return targets
 
     def inference(
@@ -253,32 +238,50 @@ class ClusterFormer(ClusterFormerSegmenter):
         padded_size = images.tensor.shape[-2:]
         assignment = outputs.get("pixel_assignment")
         results = []
-        for i, (mask_cls, mask_logits) in enumerate(
-            zip(outputs["pred_logits"], outputs["pred_masks"])
-        ):
+        for i, mask_cls in enumerate(outputs["pred_logits"]):
             image_size = images.image_sizes[i]
             height = batched_inputs[i].get("height", image_size[0])
             width = batched_inputs[i].get("width", image_size[1])
-            mask_pred = resize_mask_logits(mask_logits, padded_size, image_size, (height, width))
-            result: Dict[str, Any] = {}
-            if self.semantic_on:
-                result["sem_seg"] = semantic_inference(mask_cls, mask_pred)
-            if self.panoptic_on:
-                result["panoptic_seg"] = panoptic_inference(
-                    mask_cls,
-                    mask_pred,
-                    object_mask_threshold=self.object_mask_threshold,
-                    overlap_threshold=self.overlap_threshold,
-                    thing_ids=self.thing_ids,
+            box_pred = None
+            if self.box_on:
+                box_pred = boxes_to_output_size(
+                    outputs["pred_boxes"][i], padded_size, image_size, (height, width)
                 )
-            if self.instance_on:
-                result["instances"] = self._to_instances(
-                    instance_inference(
+            result: Dict[str, Any] = {}
+            if self.mask_on:
+                mask_pred = resize_mask_logits(
+                    outputs["pred_masks"][i], padded_size, image_size, (height, width)
+                )
+                if self.semantic_on:
+                    result["sem_seg"] = semantic_inference(mask_cls, mask_pred)
+                if self.panoptic_on:
+                    result["panoptic_seg"] = panoptic_inference(
                         mask_cls,
                         mask_pred,
-                        test_topk_per_image=self.test_topk_per_image,
+                        object_mask_threshold=self.object_mask_threshold,
+                        overlap_threshold=self.overlap_threshold,
                         thing_ids=self.thing_ids,
-                        panoptic_on=self.panoptic_on,
+                    )
+                if self.instance_on:
+                    result["instances"] = self._to_instances(
+                        instance_inference(
+                            mask_cls,
+                            mask_pred,
+                            test_topk_per_image=self.test_topk_per_image,
+                            thing_ids=self.thing_ids,
+                            panoptic_on=self.panoptic_on,
+                            box_pred=box_pred,
+                            class_activation=self.class_activation,
+                        ),
+                        (height, width),
+                    )
+            if self.detection_on and "instances" not in result:
+                result["instances"] = self._to_instances(
+                    detection_inference(
+                        mask_cls,
+                        box_pred,
+                        test_topk_per_image=self.test_topk_per_image,
+                        class_activation=self.class_activation,
                     ),
                     (height, width),
                 )
@@ -294,7 +297,8 @@ class ClusterFormer(ClusterFormerSegmenter):
     @staticmethod
     def _to_instances(pred: Dict[str, Tensor], image_size) -> Instances:
         inst = Instances(image_size)
-        inst.pred_masks = pred["pred_masks"]
+        if "pred_masks" in pred:
+            inst.pred_masks = pred["pred_masks"]
         inst.pred_boxes = Boxes(pred["pred_boxes"].float())
         inst.scores = pred["scores"]
         inst.pred_classes = pred["pred_classes"]

@@ -164,10 +164,14 @@ class MSDeformAttnPixelDecoder(nn.Module):
         common_stride: stride of the mask features (4).
         num_layers, n_heads, n_points, dim_feedforward, dropout: the deformable encoder.
         num_feature_levels: how many multi-scale maps go to the transformer decoder (3).
+        mask_features_on: build the FPN path and the mask-feature conv. A box-only decoder reads
+            no mask features: without them the module has no parameter the loss cannot reach
+            (DDP's ``find_unused_parameters=False``), and ``in_features`` beyond the
+            transformer's are not read.
 
     ``forward(features)`` returns ``(mask_features, multi_scale_features)``:
         * ``mask_features``: ``(B, mask_dim, H_s, W_s)`` at ``common_stride`` (the size of the
-          backbone feature of that stride);
+          backbone feature of that stride); ``None`` without ``mask_features_on``;
         * ``multi_scale_features``: ``num_feature_levels`` maps ``(B, conv_dim, h, w)``, lowest
           resolution first (strides 32, 16, 8 by default).
     """
@@ -189,6 +193,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         dim_feedforward: int = 1024,
         dropout: float = 0.0,
         num_feature_levels: int = 3,
+        mask_features_on: bool = True,
     ):
         super().__init__()
         in_features = list(input_channels) if in_features is None else list(in_features)
@@ -218,6 +223,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.common_stride = common_stride
         self.conv_dim = conv_dim
         self.mask_dim = mask_dim
+        self.mask_features_on = mask_features_on
 
         if conv_dim % 32 != 0:
             raise ValueError(
@@ -244,6 +250,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
 
+        if not mask_features_on:
+            self.fpn_features = []
+            self.lateral_convs = nn.ModuleList()
+            self.output_convs = nn.ModuleList()
+            self.mask_features = None
+            return
         # FPN levels: the features finer than the encoder's finest level, down to common_stride.
         finest_transformer_stride = min(input_strides[k] for k in self.transformer_in_features)
         if common_stride > finest_transformer_stride:
@@ -276,7 +288,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=1)
         caffe2_xavier_init_(self.mask_features)
 
-    def forward(self, features: Dict[str, Tensor]) -> Tuple[Tensor, List[Tensor]]:
+    def forward(self, features: Dict[str, Tensor]) -> Tuple[Optional[Tensor], List[Tensor]]:
         """
         Args:
             features: backbone maps ``{name: (B, C_name, H_name, W_name)}``; sizes may be odd or
@@ -285,7 +297,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         Returns:
             ``(mask_features, multi_scale_features)``, see the class docstring.
         """
-        for name in self.in_features:
+        needed = self.in_features if self.mask_features_on else self.transformer_in_features
+        for name in needed:
             if name not in features:
                 raise KeyError(
                     f"MSDeformAttnPixelDecoder: feature {name!r} missing; got {sorted(features)}"
@@ -302,4 +315,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
             up = F.interpolate(out[-1], size=lat.shape[-2:], mode="bilinear", align_corners=False)
             out.append(output(lat + up))
 
+        if self.mask_features is None:
+            return None, out[: self.num_feature_levels]
         return self.mask_features(out[-1]), out[: self.num_feature_levels]

@@ -1,4 +1,4 @@
-"""Query-level clustering transformer decoder (method.md §2).
+"""Query-level clustering transformer decoder (method.md §2, §3).
 
 ``N`` learnable queries are the cluster centres. Each of ``L`` layers visits one scale of the pixel
 decoder (lowest resolution first, cycling) and runs
@@ -6,9 +6,10 @@ decoder (lowest resolution first, cycling) and runs
     cross-attention step (recurrent clustering, or masked attention for the ablation)
     -> self-attention among the queries -> FFN.
 
-Every layer's cross-attention is restricted by the previous prediction's masks (the *assignment
-restriction*), exactly where Mask2Former puts its attention mask. Predictions are made before the
-first layer and after every layer by shared heads (deep supervision).
+Every layer's cross-attention is restricted by the previous prediction (the *assignment
+restriction*): its masks at pixel level, exactly where Mask2Former puts its attention mask, and
+its boxes at box level (each query also carries a box, refined layer by layer). Predictions are
+made before the first layer and after every layer by shared heads (deep supervision).
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..common_layers import MLP, caffe2_xavier_init_
+from ..box_ops import inverse_sigmoid
+from ..common_layers import caffe2_xavier_init_
+from .assignment_restriction import (
+    box_assignment_restriction,
+    mask_assignment_restriction,
+    restrict_within,
+)
 from .cross_attention import (
     ClusteringCrossAttention,
     MaskedCrossAttention,
@@ -27,57 +33,26 @@ from .cross_attention import (
 )
 from .decoder_layers import FFNLayer, SelfAttentionLayer
 from .position_encoding import PositionEmbeddingSine
+from .prediction_heads import BOX_REFINEMENT_GRADIENTS, PredictionHeads, refine_boxes
 
 CROSS_ATTENTION_CHOICES = ("clustering", "masked_attention")
+# Anchor boxes start with random centres and this width / height (normalised canvas units).
+INITIAL_ANCHOR_SIZE = 0.5
 
+# Kept importable from here: the pixel-level decoder defined it first.
+MaskClassificationHeads = PredictionHeads
 
-def mask_assignment_restriction(
-    mask_logits: Tensor, size: Sequence[int], threshold: float = 0.5
-) -> Tensor:
-    """Which pixels of a level each query may be assigned (Mask2Former's attention-mask rule).
-
-    Args:
-        mask_logits: ``(B, Q, H, W)`` predicted mask logits (at the mask-feature resolution).
-        size: ``(h, w)`` of the level.
-        threshold: a pixel is allowed when its resized mask probability is ``>= threshold``.
-
-    Returns:
-        ``(B, Q, h * w)`` bool, without gradient. Queries may come out empty; see
-        :func:`release_empty_restrictions`.
-    """
-    resized = F.interpolate(
-        mask_logits.detach().float(), size=tuple(size), mode="bilinear", align_corners=False
-    )
-    return (resized.sigmoid() >= threshold).flatten(2)
-
-
-class MaskClassificationHeads(nn.Module):
-    """Per-query predictions shared by all layers: ``LN`` -> class logits and mask logits.
-
-    * ``pred_logits``: ``(B, Q, num_classes + 1)``, the last class is "no object";
-    * ``pred_masks``: ``(B, Q, H, W)`` = ``<MLP(q), mask_features[:, :, y, x]>``.
-    """
-
-    def __init__(
-        self, hidden_dim: int, num_classes: int, mask_dim: int, mask_embed_layers: int = 3
-    ):
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_dim)
-        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
-        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, mask_embed_layers)
-
-    def forward(self, queries: Tensor, mask_features: Tensor) -> Dict[str, Tensor]:
-        """``queries`` ``(B, Q, C)``, ``mask_features`` ``(B, mask_dim, H, W)``."""
-        normed = self.norm(queries)
-        mask_embed = self.mask_embed(normed)
-        return {
-            "pred_logits": self.class_embed(normed),
-            "pred_masks": torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features),
-        }
+__all__ = [
+    "CROSS_ATTENTION_CHOICES",
+    "ClusteringTransformerDecoder",
+    "MaskClassificationHeads",
+    "mask_assignment_restriction",
+]
 
 
 class ClusteringTransformerDecoder(nn.Module):
-    """Mask-classification decoder whose cross-attention step is recurrent clustering.
+    """Mask-classification / box-detection decoder whose cross-attention step is recurrent
+    clustering.
 
     Args:
         in_channels: channels of the multi-scale features (the pixel decoder's ``conv_dim``).
@@ -95,12 +70,29 @@ class ClusteringTransformerDecoder(nn.Module):
         dropout: dropout of every sub-layer.
         num_feature_levels: number of multi-scale features (3).
         mask_threshold: mask probability above which a pixel stays in a query's restriction.
-        restrict_to_masks: use the previous masks as assignment restriction (True, as Mask2Former).
+        restrict_to_masks: use the previous masks as assignment restriction (True, as Mask2Former;
+            only where masks are predicted).
+        mask_on: build the mask head and predict ``pred_masks`` (pixel level).
+        box_on: each query carries a box: learned anchors, a box head, ``pred_boxes``.
+        restrict_to_boxes: with ``box_on``, restrict every query's assignment to the tokens
+            inside its previous box (ANDed with the mask restriction when that is on).
+        box_refinement_gradient: ``"look_forward_twice"`` (DINO) or ``"detach"`` (Deformable
+            DETR), see :mod:`.prediction_heads`.
+        learn_anchor_boxes: train the anchors. They get a gradient only from the losses of the
+            first predictions (before layer 1, and before layer 2 with look-forward-twice): turn
+            this off when those are not supervised (no deep supervision), or DDP with
+            ``find_unused_parameters=False`` fails on them.
+        class_prior_prob: class-bias prior (the sigmoid focal loss wants 0.01); ``None``: default.
 
-    ``forward(multi_scale_features, mask_features)`` returns a dict:
-        * ``pred_logits`` ``(B, Q, K + 1)`` and ``pred_masks`` ``(B, Q, H_m, W_m)`` (mask-feature
-          resolution, stride 4) of the last layer;
-        * ``aux_outputs``: ``L`` dicts with the same two keys, the predictions before layer 1,
+    Boxes are normalised ``(cx, cy, w, h)`` on the padded canvas the decoder sees (every feature
+    level covers it): token ``(i, j)`` of an ``h x w`` level is the cell
+    ``[j / w, (j + 1) / w] x [i / h, (i + 1) / h]``.
+
+    ``forward(multi_scale_features, mask_features=None)`` returns a dict:
+        * ``pred_logits`` ``(B, Q, K + 1)``, ``pred_masks`` ``(B, Q, H_m, W_m)`` (``mask_on``;
+          mask-feature resolution, stride 4) and ``pred_boxes`` ``(B, Q, 4)`` fp32 (``box_on``)
+          of the last layer;
+        * ``aux_outputs``: ``L`` dicts with the same keys, the predictions before layer 1,
           ..., before layer ``L`` (deep supervision);
         * ``"clustering"``: ``pixel_assignment`` ``(B, Q, h, w)`` fp32, the last layer's final
           E-step assignment averaged over heads, at that layer's level (stride 8 for 9 layers and
@@ -129,28 +121,41 @@ class ClusteringTransformerDecoder(nn.Module):
         num_feature_levels: int = 3,
         mask_threshold: float = 0.5,
         restrict_to_masks: bool = True,
+        mask_on: bool = True,
+        box_on: bool = False,
+        restrict_to_boxes: bool = True,
+        box_refinement_gradient: str = "look_forward_twice",
+        learn_anchor_boxes: bool = True,
+        class_prior_prob: Optional[float] = None,
     ):
         super().__init__()
+        name = type(self).__name__
         if cross_attention not in CROSS_ATTENTION_CHOICES:
             raise ValueError(
-                "ClusteringTransformerDecoder: cross_attention must be one of "
-                f"{CROSS_ATTENTION_CHOICES}, "
+                f"{name}: cross_attention must be one of {CROSS_ATTENTION_CHOICES}, "
                 f"got {cross_attention!r}"
             )
         if dec_layers < 1:
-            raise ValueError(
-                f"ClusteringTransformerDecoder: dec_layers must be >= 1, got {dec_layers}"
-            )
+            raise ValueError(f"{name}: dec_layers must be >= 1, got {dec_layers}")
         if hidden_dim % 2 != 0:
+            raise ValueError(f"{name}: hidden_dim must be even, got {hidden_dim}")
+        if not (mask_on or box_on):
+            raise ValueError(f"{name}: predict masks (mask_on), boxes (box_on) or both")
+        if box_refinement_gradient not in BOX_REFINEMENT_GRADIENTS:
             raise ValueError(
-                f"ClusteringTransformerDecoder: hidden_dim must be even, got {hidden_dim}"
+                f"{name}: box_refinement_gradient must be one of {BOX_REFINEMENT_GRADIENTS}, "
+                f"got {box_refinement_gradient!r}"
             )
         self.num_queries = num_queries
         self.num_layers = dec_layers
         self.num_feature_levels = num_feature_levels
         self.cross_attention_type = cross_attention
         self.mask_threshold = mask_threshold
-        self.restrict_to_masks = restrict_to_masks
+        self.mask_on = mask_on
+        self.box_on = box_on
+        self.restrict_to_masks = restrict_to_masks and mask_on
+        self.restrict_to_boxes = restrict_to_boxes and box_on
+        self.box_refinement_gradient = box_refinement_gradient
         self.mask_dim = mask_dim
 
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
@@ -166,6 +171,16 @@ class ClusteringTransformerDecoder(nn.Module):
 
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if box_on:
+            # Learned anchors (logits of cxcywh), the reference of the first box prediction.
+            self.anchor_boxes = nn.Embedding(num_queries, 4)
+            with torch.no_grad():
+                centres = torch.rand(num_queries, 2)
+                sizes = torch.full((num_queries, 2), INITIAL_ANCHOR_SIZE)
+                self.anchor_boxes.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], -1)))
+            self.anchor_boxes.weight.requires_grad_(learn_anchor_boxes)
+        else:
+            self.anchor_boxes = None
 
         def make_cross() -> nn.Module:
             if cross_attention == "clustering":
@@ -183,19 +198,42 @@ class ClusteringTransformerDecoder(nn.Module):
             FFNLayer(hidden_dim, dim_feedforward, dropout=dropout, pre_norm=pre_norm)
             for _ in range(dec_layers)
         )
-        self.prediction_heads = MaskClassificationHeads(hidden_dim, num_classes, mask_dim)
+        self.prediction_heads = PredictionHeads(
+            hidden_dim,
+            num_classes,
+            mask_dim if mask_on else None,
+            box_on=box_on,
+            class_prior_prob=class_prior_prob,
+        )
 
     def assignment_restriction(
         self, predictions: Dict[str, Tensor], size: Sequence[int]
     ) -> Optional[Tensor]:
-        """The ``(B, Q, h * w)`` bool restriction for the next layer from the current predictions.
+        """The ``(B, Q, h * w)`` bool restriction for the next layer from the current predictions
+        (``None``: unrestricted).
 
-        This is the single place where restrictions are made: a box-level variant ANDs its box
-        restriction here before the empty-query release.
+        * masks only: the thresholded mask; a query with an empty mask sees every token;
+        * boxes only: the tokens inside the box (never empty for a sigmoid box);
+        * both: mask AND box; a query whose mask has no token in its box keeps its box.
         """
-        if not self.restrict_to_masks:
+        box_allowed = (
+            box_assignment_restriction(predictions["pred_boxes"], size)
+            if self.restrict_to_boxes
+            else None
+        )
+        mask_allowed = (
+            mask_assignment_restriction(predictions["pred_masks"], size, self.mask_threshold)
+            if self.restrict_to_masks
+            else None
+        )
+        if box_allowed is None and mask_allowed is None:
             return None
-        allowed = mask_assignment_restriction(predictions["pred_masks"], size, self.mask_threshold)
+        if box_allowed is None:
+            allowed = mask_allowed
+        elif mask_allowed is None:
+            allowed = box_allowed
+        else:
+            allowed = restrict_within(box_allowed, mask_allowed)
         return release_empty_restrictions(allowed)
 
     def _prepare_levels(
@@ -211,35 +249,58 @@ class ClusteringTransformerDecoder(nn.Module):
             srcs.append(src + self.level_embed.weight[lvl][None, None, :].to(src.dtype))
         return srcs, pos, sizes
 
+    def _predict(
+        self, queries: Tensor, mask_features: Optional[Tensor], box_reference: Optional[Tensor]
+    ) -> Tuple[Dict[str, Tensor], Optional[Tensor]]:
+        """Heads on ``queries``; with boxes, refine ``box_reference`` (logits ``(B, Q, 4)``; the
+        anchors when ``None``). Returns the prediction dict and the next box reference."""
+        prediction = self.prediction_heads(queries, mask_features)
+        if not self.box_on:
+            return prediction, None
+        deltas = prediction.pop("box_deltas")
+        first = box_reference is None
+        if first:
+            box_reference = self.anchor_boxes.weight[None].expand(queries.shape[0], -1, -1)
+        prediction["pred_boxes"], next_reference = refine_boxes(
+            box_reference, deltas, first=first, gradient=self.box_refinement_gradient
+        )
+        return prediction, next_reference
+
     def forward(
-        self, multi_scale_features: List[Tensor], mask_features: Tensor
+        self, multi_scale_features: List[Tensor], mask_features: Optional[Tensor] = None
     ) -> Dict[str, object]:
         """
         Args:
             multi_scale_features: ``num_feature_levels`` maps ``(B, in_channels, h_l, w_l)``,
                 lowest resolution first.
-            mask_features: ``(B, mask_dim, H_m, W_m)``.
+            mask_features: ``(B, mask_dim, H_m, W_m)``; only read with ``mask_on``.
 
         Returns:
             the dict described in the class docstring.
         """
+        name = type(self).__name__
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
-                f"ClusteringTransformerDecoder: expected {self.num_feature_levels} feature levels, "
+                f"{name}: expected {self.num_feature_levels} feature levels, "
                 f"got {len(multi_scale_features)}"
             )
-        if mask_features.dim() != 4 or mask_features.shape[1] != self.mask_dim:
-            raise ValueError(
-                f"ClusteringTransformerDecoder: mask_features must be (B, {self.mask_dim}, H, W), "
-                f"got {tuple(mask_features.shape)}"
-            )
+        if self.mask_on and (
+            mask_features is None
+            or mask_features.dim() != 4
+            or mask_features.shape[1] != self.mask_dim
+        ):
+            got = None if mask_features is None else tuple(mask_features.shape)
+            raise ValueError(f"{name}: mask_features must be (B, {self.mask_dim}, H, W), got {got}")
+        if not self.mask_on:
+            mask_features = None
         srcs, pos, sizes = self._prepare_levels(multi_scale_features)
-        B = mask_features.shape[0]
+        B = srcs[0].shape[0]
         queries = self.query_feat.weight[None].expand(B, -1, -1)
         query_pos = self.query_embed.weight[None].expand(B, -1, -1)
 
-        predictions = [self.prediction_heads(queries, mask_features)]
-        restriction = self.assignment_restriction(predictions[-1], sizes[0])
+        prediction, box_reference = self._predict(queries, mask_features, None)
+        predictions = [prediction]
+        restriction = self.assignment_restriction(prediction, sizes[0])
         weights = None
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
@@ -249,10 +310,11 @@ class ClusteringTransformerDecoder(nn.Module):
             )
             queries = self.self_attention_layers[i](queries, query_pos)
             queries = self.ffn_layers[i](queries)
-            predictions.append(self.prediction_heads(queries, mask_features))
+            prediction, box_reference = self._predict(queries, mask_features, box_reference)
+            predictions.append(prediction)
             if not is_last:
                 restriction = self.assignment_restriction(
-                    predictions[-1], sizes[(i + 1) % self.num_feature_levels]
+                    prediction, sizes[(i + 1) % self.num_feature_levels]
                 )
 
         last_level_size = sizes[(self.num_layers - 1) % self.num_feature_levels]
