@@ -104,8 +104,9 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles containers, numbers, strings and numpy arrays; refuses every other global.
 
     Detectron2's ``.pkl`` checkpoints (``{"model": {name: ndarray}, "__author__": ...}`` or the
-    Caffe2 ``blobs`` layout) need only these; ``_codecs.encode`` appears in protocol-2 pickles of
-    bytes and only encodes a string.
+    Caffe2 ``blobs`` layout) need only these: they rebuild arrays from their bytes and dtype
+    (``_reconstruct``, ``_frombuffer``, ``scalar``); ``_codecs.encode`` appears in protocol-2
+    pickles of bytes and only encodes a string.
     """
 
     ALLOWED_GLOBALS = {
@@ -116,6 +117,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # protocol-5 pickles of arrays
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),
     }
 
