@@ -64,9 +64,9 @@ def convert_to_format(image: Image.Image, format: Optional[str], file_name: str)
     """A decoded PIL image -> ``(H, W, C)`` uint8 array in ``format`` ("RGB", "BGR", "L", or any
     PIL mode); ``None`` keeps the file's own values and layout."""
     if format is None:
-        return np.asarray(image)
+        return np.array(image)  # a writable copy (PIL's buffer view is read-only)
     image = to_8bit(image, file_name)
-    array = np.asarray(image.convert("RGB" if format == "BGR" else format))
+    array = np.array(image.convert("RGB" if format == "BGR" else format))
     if array.ndim == 2:
         array = array[:, :, None]
     if format == "BGR":
