@@ -136,14 +136,13 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
         """The resumable, reproducible loader of ``DATASETS.TRAIN`` (see
-        :mod:`clusterformer.data.resumable_loader`); ``SEED`` must be resolved (>= 0)."""
+        :mod:`clusterformer.data.resumable_loader`), seeded with ``SEED`` (a negative one draws a
+        seed; the trainer resolves it first so that checkpoints record it)."""
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             raise ValueError(
                 f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r}: the resumable "
                 "training loader implements only 'TrainingSampler' (uniform, shuffled epochs)"
             )
-        if cfg.SEED < 0:
-            raise ValueError("build_train_loader needs a resolved SEED >= 0 (see resolve_seed)")
         world_size = comm.get_world_size()
         if cfg.SOLVER.IMS_PER_BATCH % world_size:
             raise ValueError(
@@ -157,7 +156,7 @@ class Trainer(DefaultTrainer):
             dataset_dicts,
             build_dataset_mapper(cfg, is_train=True),
             batch_size=cfg.SOLVER.IMS_PER_BATCH // world_size,
-            seed=cfg.SEED,
+            seed=resolve_seed(cfg),
             rank=comm.get_rank(),
             world_size=world_size,
             num_workers=cfg.DATALOADER.NUM_WORKERS,

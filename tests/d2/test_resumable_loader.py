@@ -184,3 +184,20 @@ def test_trainer_loader_skips_an_unreadable_image_of_the_training_set(tmp_path):
     batches = take(Trainer.build_train_loader(cfg), 2)
     assert [len(b) for b in batches] == [6, 6]
     assert all(sample["image"].shape == (3, 8, 8) for batch in batches for sample in batch)
+
+
+def test_a_drawn_seed_is_saved_and_restored_on_resume(tmp_path):
+    """SEED -1 draws a seed; --resume continues with the checkpoint's seed, not a new draw."""
+    overrides = ["SEED", "-1", "OUTPUT_DIR", str(tmp_path), "DATALOADER.NUM_WORKERS", "0"]
+    first = Trainer(load_config("configs/shapes/classification/clusterformer_nano.yaml", overrides))
+    first.iter = 4  # as after iteration 4
+    first.checkpointer.save("model_0000004", iteration=4)
+    second = Trainer(
+        load_config("configs/shapes/classification/clusterformer_nano.yaml", overrides)
+    )
+    assert second.seed != first.seed  # (a 1 in 2**31 chance of a false failure)
+    second.resume_or_load(resume=True)
+    loader = second._trainer.data_loader
+    assert second.start_iter == 5 and second.seed == first.seed
+    assert (loader.seed, loader.start_iteration) == (first.seed, 5)
+    assert loader.batch_sampler.batch(5) == first._trainer.data_loader.batch_sampler.batch(5)
