@@ -7,29 +7,29 @@ instance / semantic / panoptic segmentation; the config picks the model, data an
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
     python train_net.py --config-file ... --num-gpus 2        # 2 processes (gloo on CPU, NCCL on GPU)
+
+A run stopped by SIGTERM saves a checkpoint first and exits with status 143; one killed outright
+(SIGKILL, a crash) restarts from its last periodic checkpoint. Either way ``--resume`` continues
+with the same iterations, optimiser, schedule, data order and augmentations (docs/reliability.md).
 """
 
 import logging
 import os
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from clusterformer import add_clusterformer_config
-from clusterformer.engine import Trainer
+from clusterformer.config_files import load_config
+from clusterformer.engine import ClusterFormerCheckpointer, Trainer
 
 
 def setup(args):
-    """Config from the defaults, ``--config-file`` and trailing ``KEY VALUE`` overrides."""
-    cfg = get_cfg()
-    add_clusterformer_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    """Config from the defaults, ``--config-file`` and trailing ``KEY VALUE`` overrides (an
+    unknown key is an error naming it and the file or the command line that set it)."""
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clusterformer")
@@ -43,7 +43,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        ClusterFormerCheckpointer.from_config(cfg, model, cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

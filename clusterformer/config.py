@@ -187,6 +187,25 @@ def add_solver_config(cfg: CN) -> None:
     s.CLIP_GRADIENTS.NORM_TYPE = 2.0
 
 
+def add_reliability_config(cfg: CN) -> None:
+    """Checkpoint loading policy, broken-sample handling, signals and logging (docs/reliability.md)."""
+    # Load checkpoints that need full unpickling (arbitrary code): only for files you trust.
+    cfg.MODEL.WEIGHTS_ALLOW_PICKLE = False
+    # Regular expressions of checkpoint keys that may differ in shape from the model's (they are
+    # then skipped with a warning, e.g. ["^head\\."] to fine-tune a classifier on other classes);
+    # any other shape mismatch is an error.
+    cfg.MODEL.WEIGHTS_SKIP_MISMATCHED = []
+    # Training: replace a sample whose image / annotation file cannot be read (missing,
+    # truncated, corrupt, size mismatch) by another one, with a warning, instead of stopping.
+    cfg.DATALOADER.SKIP_BROKEN_SAMPLES = False
+    # SIGTERM (e.g. a cluster pre-empting the job): finish the current iteration, save a
+    # checkpoint, and exit with status 143, so that --resume continues from there.
+    cfg.SOLVER.CHECKPOINT_ON_SIGTERM = True
+    # Iterations between two writes of metrics.json / the console / TensorBoard; the logged
+    # losses are medians over this many iterations (1: every iteration's own values).
+    cfg.SOLVER.LOG_PERIOD = 20
+
+
 def add_clusterformer_config(cfg: CN) -> None:
     """Add every ClusterFormer key (with its default) to ``cfg``, a Detectron2 ``get_cfg()``."""
     add_backbone_config(cfg)
@@ -195,3 +214,4 @@ def add_clusterformer_config(cfg: CN) -> None:
     add_detection_config(cfg)
     add_input_config(cfg)
     add_solver_config(cfg)
+    add_reliability_config(cfg)

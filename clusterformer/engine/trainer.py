@@ -8,7 +8,15 @@ Differences from ``DefaultTrainer``:
 * distributed training also works on CPU: ``--num-gpus N`` with ``MODEL.DEVICE cpu`` runs N
   processes over gloo, and the model is wrapped in DDP without ``device_ids`` (Detectron2's
   ``create_ddp_model`` always passes a CUDA device id);
-* evaluation results are also written to ``OUTPUT_DIR/eval_results.json``.
+* evaluation results are also written to ``OUTPUT_DIR/eval_results.json``;
+* reliability (docs/reliability.md): the training loader is resumable and reproducible
+  (:mod:`clusterformer.data.resumable_loader`: batches and augmentations depend only on the seed
+  and the iteration, not on restarts, workers or the number of processes); the model-side RNGs
+  are reseeded every iteration (:class:`~.hooks.IterationSeed`); checkpoints are written
+  atomically and loaded safely and strictly (:class:`~.checkpointer.ClusterFormerCheckpointer`);
+  SIGTERM saves a checkpoint before exiting (:class:`~.hooks.CheckpointOnSignal`); metrics are
+  written every ``SOLVER.LOG_PERIOD`` iterations. The run's seed (``SEED``, or one drawn when it
+  is negative) is saved in checkpoints, so ``--resume`` continues the same data order.
 """
 
 from __future__ import annotations
@@ -18,21 +26,24 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset_mappers import build_dataset_mapper
+from ..data.resumable_loader import ResumableTrainLoader
 from ..evaluation import build_evaluator
+from .checkpointer import ClusterFormerCheckpointer
+from .hooks import CheckpointOnSignal, IterationSeed
 from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer
 
@@ -46,6 +57,17 @@ def create_ddp_model(model: nn.Module, **kwargs: Any) -> nn.Module:
     device = next(model.parameters()).device
     device_ids = [comm.get_local_rank()] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, **kwargs)
+
+
+def resolve_seed(cfg: CfgNode) -> int:
+    """``cfg.SEED``, or (when negative) a random seed that every process agrees on."""
+    if cfg.SEED >= 0:
+        return int(cfg.SEED)
+    seed = int(comm.shared_random_seed())
+    logger.info(
+        "SEED=%d: drew the training seed %d (saved in checkpoints for --resume)", cfg.SEED, seed
+    )
+    return seed
 
 
 class Trainer(DefaultTrainer):
@@ -63,6 +85,15 @@ class Trainer(DefaultTrainer):
                 "Detectron2's AMPTrainer is CUDA-only"
             )
 
+        self.seed = resolve_seed(cfg)
+        # A drawn seed is replaced by the one of the checkpoint when resuming (load_state_dict).
+        self.seed_was_drawn = cfg.SEED < 0
+        if self.seed_was_drawn:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SEED = self.seed
+            cfg.freeze()
+
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -71,8 +102,8 @@ class Trainer(DefaultTrainer):
         self._trainer = trainer_cls(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        self.checkpointer = ClusterFormerCheckpointer.from_config(
+            cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -103,8 +134,105 @@ class Trainer(DefaultTrainer):
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
-    def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, is_train=True))
+    def build_train_loader(cls, cfg: CfgNode) -> ResumableTrainLoader:
+        """The resumable, reproducible loader of ``DATASETS.TRAIN`` (see
+        :mod:`clusterformer.data.resumable_loader`), seeded with ``SEED`` (a negative one draws a
+        seed; the trainer resolves it first so that checkpoints record it)."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            raise ValueError(
+                f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN!r}: the resumable "
+                "training loader implements only 'TrainingSampler' (uniform, shuffled epochs)"
+            )
+        world_size = comm.get_world_size()
+        if cfg.SOLVER.IMS_PER_BATCH % world_size:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} is not divisible by the "
+                f"{world_size} training processes"
+            )
+        dataset_dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        return ResumableTrainLoader(
+            dataset_dicts,
+            build_dataset_mapper(cfg, is_train=True),
+            batch_size=cfg.SOLVER.IMS_PER_BATCH // world_size,
+            seed=resolve_seed(cfg),
+            rank=comm.get_rank(),
+            world_size=world_size,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            skip_broken_samples=cfg.DATALOADER.SKIP_BROKEN_SAMPLES,
+        )
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        """Detectron2's hooks, with :class:`IterationSeed` first, :class:`CheckpointOnSignal`
+        just before the evaluation hook (after the LR scheduler has stepped and the periodic
+        checkpointer has run; on every rank, as it all-reduces), and the metric writer's period
+        set to ``SOLVER.LOG_PERIOD``."""
+        result: List[hooks.HookBase] = [IterationSeed(lambda: self.seed)]
+        for hook in super().build_hooks():
+            if isinstance(hook, hooks.EvalHook) and self.cfg.SOLVER.CHECKPOINT_ON_SIGTERM:
+                result.append(CheckpointOnSignal(self.checkpointer))
+            if isinstance(hook, hooks.PeriodicWriter):
+                hook = hooks.PeriodicWriter(self.build_writers(), period=self.cfg.SOLVER.LOG_PERIOD)
+            result.append(hook)
+        if self.cfg.SOLVER.CHECKPOINT_ON_SIGTERM and not any(
+            isinstance(h, CheckpointOnSignal) for h in result
+        ):
+            result.append(CheckpointOnSignal(self.checkpointer))
+        return result
+
+    def build_writers(self):
+        """Detectron2's writers; metrics.json holds medians over ``SOLVER.LOG_PERIOD`` iterations."""
+        output_dir, window = self.cfg.OUTPUT_DIR, self.cfg.SOLVER.LOG_PERIOD
+        os.makedirs(output_dir, exist_ok=True)
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(output_dir, "metrics.json"), window_size=window),
+            TensorboardXWriter(output_dir, window_size=window),
+        ]
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Detectron2's resume (or ``MODEL.WEIGHTS`` load), then start the training loader at the
+        resumed iteration with the run's seed."""
+        super().resume_or_load(resume=resume)
+        data_loader = self._trainer.data_loader
+        if isinstance(data_loader, ResumableTrainLoader):
+            data_loader.reset(self.start_iter, self.seed)
+            if self.start_iter:
+                logger.info(
+                    "Training data resumes at iteration %d (seed %d)", self.start_iter, self.seed
+                )
+
+    def train(self):
+        """Detectron2's training loop; the training loader's workers are stopped at the end."""
+        try:
+            return super().train()
+        finally:
+            data_loader = self._trainer.data_loader
+            if isinstance(data_loader, ResumableTrainLoader):
+                data_loader.close()
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state["seed"] = self.seed
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        seed = state_dict.pop("seed", None)
+        super().load_state_dict(state_dict)
+        if seed is None:
+            return
+        if self.seed_was_drawn or int(seed) == self.seed:
+            self.seed = int(seed)
+        else:
+            logger.warning(
+                "The checkpoint was trained with seed %d but SEED=%d: the data order and "
+                "augmentations differ from the interrupted run from here on",
+                seed,
+                self.seed,
+            )
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):

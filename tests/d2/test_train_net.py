@@ -1,50 +1,17 @@
-"""End-to-end runs of train_net.py on the shapes data set (subprocesses, as a user runs them).
-
-The shapes data set is generated once into the repository's ``datasets/`` (gitignored; shared by
-every test and by ``make run``; generation is locked, so parallel tests wait for one another).
-"""
-
-import json
-import os
-import subprocess
-import sys
+"""End-to-end runs of train_net.py on the shapes data set (subprocesses, as a user runs them;
+helpers in train_net_helpers.py)."""
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLS_CONFIG = "configs/shapes/classification/clusterformer_nano.yaml"
-PANOPTIC_CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
+from train_net_helpers import (  # noqa: F401  (REPO: kept importable from here)
+    CLS_CONFIG,
+    PANOPTIC_CONFIG,
+    REPO,
+    read_eval,
+    read_metrics,
+    run_train_net,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def run_train_net(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.setdefault("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"train_net.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-            f"{proc.stderr[-6000:]}"
-        )
-    return proc
-
-
-def read_metrics(output_dir) -> list:
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def read_eval(output_dir) -> dict:
-    with open(os.path.join(output_dir, "eval_results.json")) as f:
-        return json.load(f)
 
 
 def test_classifier_trains_and_is_evaluated(tmp_path):

@@ -15,6 +15,40 @@ from detectron2.data import transforms as T
 RANDOM_FLIP_CHOICES = ("none", "horizontal", "vertical")
 
 
+def at_least_one_pixel(transform: T.Transform) -> T.Transform:
+    """A ``ResizeTransform`` to a 0-pixel side becomes one to 1 pixel; others pass unchanged.
+
+    Resizing an extreme aspect ratio (e.g. 3 x 3000 to a longest side of 160) rounds the short
+    side to 0, and PIL then fails with "height and width must be > 0", naming no file. A 1-pixel
+    strip is a poor but valid input, and test-time predictions are resized back to the original
+    size, so every image still gets one.
+    """
+    if isinstance(transform, T.ResizeTransform) and min(transform.new_h, transform.new_w) < 1:
+        return T.ResizeTransform(
+            transform.h,
+            transform.w,
+            max(transform.new_h, 1),
+            max(transform.new_w, 1),
+            transform.interp,
+        )
+    return transform
+
+
+class _AtLeastOnePixel:
+    """Mixin for Detectron2 resize augmentations: no output side shorter than 1 pixel."""
+
+    def get_transform(self, image):
+        return at_least_one_pixel(super().get_transform(image))
+
+
+class ResizeShortestEdge(_AtLeastOnePixel, T.ResizeShortestEdge):
+    """Detectron2's ``ResizeShortestEdge`` that never resizes a side to 0 pixels."""
+
+
+class ResizeScale(_AtLeastOnePixel, T.ResizeScale):
+    """Detectron2's ``ResizeScale`` that never resizes a side to 0 pixels."""
+
+
 def build_random_flip(random_flip: str) -> List[T.Augmentation]:
     """``INPUT.RANDOM_FLIP`` ("none", "horizontal", "vertical") -> ``[]`` or ``[RandomFlip]``."""
     if random_flip not in RANDOM_FLIP_CHOICES:
@@ -47,7 +81,7 @@ def build_lsj_augmentations(
         )
     return [
         *build_random_flip(random_flip),
-        T.ResizeScale(
+        ResizeScale(
             min_scale=min_scale,
             max_scale=max_scale,
             target_height=image_size,
@@ -75,7 +109,7 @@ def build_semantic_augmentations(
     jitter -> flip. The crop needs the label map, so apply it to ``AugInput(image, sem_seg=...)``.
     """
     augmentations: List[T.Augmentation] = [
-        T.ResizeShortestEdge(min_size_train, max_size_train, min_size_train_sampling)
+        ResizeShortestEdge(min_size_train, max_size_train, min_size_train_sampling)
     ]
     if crop_enabled:
         augmentations.append(
@@ -110,14 +144,12 @@ def build_detr_augmentations(
     if crop_enabled:
         resize_then_crop = T.AugmentationList(
             [
-                T.ResizeShortestEdge(pre_crop_min_sizes, sample_style="choice"),
+                ResizeShortestEdge(pre_crop_min_sizes, sample_style="choice"),
                 T.RandomCrop(crop_type, crop_size),
             ]
         )
         augmentations.append(T.RandomApply(resize_then_crop, prob=crop_probability))
-    augmentations.append(
-        T.ResizeShortestEdge(min_size_train, max_size_train, sample_style="choice")
-    )
+    augmentations.append(ResizeShortestEdge(min_size_train, max_size_train, sample_style="choice"))
     return augmentations
 
 
@@ -125,4 +157,4 @@ def build_test_augmentations(min_size_test: int, max_size_test: int) -> List[T.A
     """The one test-time transform: resize the short side to ``min_size_test`` (0 disables it)."""
     if min_size_test <= 0:
         return []
-    return [T.ResizeShortestEdge(min_size_test, max_size_test)]
+    return [ResizeShortestEdge(min_size_test, max_size_test)]

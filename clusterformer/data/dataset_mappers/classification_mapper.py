@@ -9,10 +9,10 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import detection_utils as utils
 from torchvision.transforms import v2 as T
 
 from .inference_transform import classification_test_ops
+from .mapper_io import read_image_file
 from .registry import register_mapper
 
 
@@ -104,7 +104,7 @@ class ClassificationDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         # Augment in RGB (RandAugment's colour ops assume it), convert to the model's order last.
-        image = utils.read_image(dataset_dict["file_name"], format="RGB")
+        image = read_image_file(dataset_dict["file_name"], "RGB")
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         image = self.transform(image)
         image = random_erase_(image, self.random_erasing)

@@ -65,24 +65,46 @@ def transform_annotation_masks(
     return masks
 
 
+def annotation_box_xyxy(annotation: dict, file_name: str, index: int) -> List[float]:
+    """An annotation's ``bbox`` (in its ``bbox_mode``) as absolute XYXY, checked.
+
+    Raises ``KeyError`` / ``ValueError`` naming the image file and the annotation index when the
+    box is missing, not 4 finite numbers, or has a negative width or height: a transform would
+    silently turn such a box into a valid-looking one (``apply_box`` takes corner minima and
+    maxima). Boxes of zero width or height pass; the mapper drops them after augmentation.
+    """
+    if "bbox" not in annotation or "bbox_mode" not in annotation:
+        raise KeyError(f"Annotation #{index} of {file_name!r} needs 'bbox' and 'bbox_mode'")
+    box = np.asarray(annotation["bbox"], dtype=np.float64).reshape(-1)
+    if box.shape != (4,) or not np.isfinite(box).all():
+        raise ValueError(
+            f"Annotation #{index} of {file_name!r} has bbox {annotation['bbox']!r}; expected 4 "
+            "finite numbers"
+        )
+    x0, y0, x1, y1 = BoxMode.convert(box.tolist(), annotation["bbox_mode"], BoxMode.XYXY_ABS)
+    if x1 < x0 or y1 < y0:
+        raise ValueError(
+            f"Annotation #{index} of {file_name!r} has bbox {annotation['bbox']!r} "
+            f"({BoxMode(annotation['bbox_mode']).name}) with a negative width or height"
+        )
+    return [x0, y0, x1, y1]
+
+
 def transform_annotation_boxes(
     annotations: Sequence[dict],
     transforms: T.TransformList,
     image_hw: Tuple[int, int],
     file_name: str,
 ) -> np.ndarray:
-    """``(N, 4)`` float32 absolute XYXY boxes: each annotation's ``bbox`` (in its ``bbox_mode``)
-    transformed and clipped to the output image."""
+    """``(N, 4)`` float32 absolute XYXY boxes: each annotation's ``bbox`` (in its ``bbox_mode``,
+    checked by :func:`annotation_box_xyxy`) transformed and clipped to the output image. A box
+    outside the image is clipped to zero area (the mapper then drops it)."""
     if not annotations:
         return np.zeros((0, 4), dtype=np.float32)
-    boxes = []
-    for index, annotation in enumerate(annotations):
-        if "bbox" not in annotation or "bbox_mode" not in annotation:
-            raise KeyError(f"Annotation #{index} of {file_name!r} needs 'bbox' and 'bbox_mode'")
-        boxes.append(
-            BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"], BoxMode.XYXY_ABS)
-        )
-    boxes = np.asarray(boxes, dtype=np.float64)
+    boxes = np.asarray(
+        [annotation_box_xyxy(a, file_name, index) for index, a in enumerate(annotations)],
+        dtype=np.float64,
+    )
     boxes = transforms.apply_box(boxes)
     height, width = image_hw
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)

@@ -6,26 +6,29 @@ import os
 from typing import Optional, Tuple
 
 import numpy as np
-from detectron2.data import detection_utils as utils
 from detectron2.data.detection_utils import SizeMismatchError
+
+from ..image_io import read_image
 
 
 def read_image_file(file_name: str, image_format: Optional[str], role: str = "image") -> np.ndarray:
-    """Read ``file_name`` with Detectron2's reader (EXIF orientation applied).
+    """Read ``file_name`` with :func:`~clusterformer.data.image_io.read_image` (EXIF orientation
+    applied; grey, RGBA, palette and 16-bit images mapped to correct 8-bit values).
 
     Returns:
         ``(H, W, C)`` uint8 in ``image_format`` ("BGR", "RGB", ...), or the file's own layout when
         ``image_format`` is None (``(H, W)`` for a single-channel label PNG).
     Raises:
-        FileNotFoundError: the file does not exist; OSError: it exists but cannot be decoded.
-        Both messages name ``role`` and the file.
+        FileNotFoundError: the file does not exist; OSError: it exists but cannot be decoded
+        (truncated, not an image) or has a pixel type without an 8-bit meaning. Both messages
+        name ``role`` and the file.
     """
     if not os.path.isfile(file_name):
         raise FileNotFoundError(f"The {role} file {file_name!r} does not exist")
     try:
-        return utils.read_image(file_name, format=image_format)
-    except Exception as error:  # PIL raises several types (OSError, ValueError, SyntaxError)
-        raise OSError(f"Cannot read the {role} file {file_name!r}: {error}") from error
+        return read_image(file_name, format=image_format)
+    except (OSError, ValueError) as error:  # both messages name the file
+        raise OSError(f"Cannot read the {role} file: {error}") from error
 
 
 def check_same_size(

@@ -79,17 +79,78 @@ def check_semantic_labels(
         )
 
 
+def compressed_rle_counts(counts: bytes) -> List[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``).
+
+    Raises ``ValueError`` when the string ends inside a number. pycocotools itself reads past the
+    end in that case, and decodes an RLE whose runs do not cover the mask into uninitialised
+    memory, which is why :func:`coco_segmentation_to_mask` checks the runs first.
+    """
+    runs: List[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                raise ValueError("the compressed RLE string ends inside a number")
+            chunk = counts[position] - 48
+            value |= (chunk & 0x1F) << (5 * shift)
+            more = bool(chunk & 0x20)
+            position += 1
+            shift += 1
+            if not more and chunk & 0x10:
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def check_rle_runs(runs: Sequence[Any], height: int, width: int, where: str) -> None:
+    """Raise unless ``runs`` are non-negative integers covering exactly ``height * width`` pixels."""
+    if any(not isinstance(r, (int, np.integer)) or r < 0 for r in runs):
+        raise ValueError(f"RLE of {where} has negative or non-integer run lengths")
+    if sum(int(r) for r in runs) != height * width:
+        raise ValueError(
+            f"RLE of {where} covers {sum(int(r) for r in runs)} pixels, but the image has "
+            f"{height} x {width} = {height * width}"
+        )
+
+
+def check_polygon(polygon: Sequence[Any], height: int, width: int, where: str) -> None:
+    """Raise unless a polygon's coordinates are finite and at most one image size outside the image.
+
+    pycocotools' rasteriser loops or crashes the process on NaN / inf coordinates and on huge ones
+    (1e8 segfaults), so they must never reach it; a polygon that far out is a broken annotation.
+    """
+    coordinates = np.asarray(polygon, dtype=np.float64)
+    if not np.isfinite(coordinates).all():
+        raise ValueError(f"Polygon of {where} has non-finite coordinates")
+    xs, ys = coordinates[0::2], coordinates[1::2]
+    if xs.min() < -width or xs.max() > 2 * width or ys.min() < -height or ys.max() > 2 * height:
+        raise ValueError(
+            f"Polygon of {where} reaches x in [{xs.min():g}, {xs.max():g}], y in "
+            f"[{ys.min():g}, {ys.max():g}], far outside the {width} x {height} (W x H) image"
+        )
+
+
 def coco_segmentation_to_mask(
     segmentation, height: int, width: int, file_name: str, annotation_index: int
 ) -> np.ndarray:
     """Decode a COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to ``(H, W)`` bool.
 
-    Polygons with fewer than 3 points are skipped (COCO has a few); an RLE whose ``size`` is not
-    the image's raises, naming the image file and the annotation index.
+    Degenerate polygons are skipped, as Detectron2's ``load_coco_json`` skips them: fewer than 3
+    points (COCO has a few) or an odd number of coordinates; a polygon of zero area rasterises to
+    an empty mask, which the mappers drop. Raises ``ValueError`` naming the image file and the
+    annotation index for a polygon with non-finite coordinates or far outside the image (see
+    :func:`check_polygon`), and for an RLE whose ``size`` is not the image's or whose runs do not
+    cover it exactly (pycocotools would return uninitialised memory).
     """
     where = f"annotation #{annotation_index} of {file_name!r}"
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+        for polygon in polygons:
+            check_polygon(polygon, height, width, where)
         if not polygons:
             return np.zeros((height, width), dtype=bool)
         rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
@@ -99,12 +160,20 @@ def coco_segmentation_to_mask(
                 f"RLE of {where} has size {segmentation.get('size')}, but the image is "
                 f"{[height, width]} (H, W)"
             )
-        counts = segmentation["counts"]
-        rle = (
-            mask_util.frPyObjects(segmentation, height, width)
-            if isinstance(counts, list)
-            else segmentation
-        )
+        counts = segmentation.get("counts")
+        if isinstance(counts, list):
+            check_rle_runs(counts, height, width, where)
+            rle = mask_util.frPyObjects(segmentation, height, width)
+        elif isinstance(counts, (str, bytes)):
+            encoded = counts.encode("ascii") if isinstance(counts, str) else counts
+            try:
+                runs = compressed_rle_counts(encoded)
+            except ValueError as error:
+                raise ValueError(f"RLE of {where}: {error}") from error
+            check_rle_runs(runs, height, width, where)
+            rle = {"size": [height, width], "counts": encoded}
+        else:
+            raise TypeError(f"RLE of {where} has counts of type {type(counts).__name__}")
     else:
         raise TypeError(
             f"{where} has a segmentation of type {type(segmentation).__name__}; "

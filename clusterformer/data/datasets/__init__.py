@@ -10,6 +10,7 @@ import importlib.util
 if importlib.util.find_spec("detectron2") is not None:
     from . import (
         register_classification,  # noqa: F401  (imagenet_*, digits_*)
+        register_coco_instances,  # noqa: F401  (checked loaders for coco_2017_*, ...)
         register_shapes,  # noqa: F401  (registers shapes_{panoptic,instance,...}_*)
     )
     from .register_ade20k_panoptic import register_ade20k_panoptic  # noqa: F401

@@ -8,6 +8,8 @@ registers such a folder in Detectron2's catalogs with ``evaluator_type="classifi
 import os
 from typing import Any, Callable, List, Optional, Sequence
 
+from .path_safety import check_plain_name
+
 IMAGE_EXTENSIONS = (
     ".jpg",
     ".jpeg",
@@ -64,7 +66,8 @@ def load_class_folder(root: str, class_names: Optional[Sequence[str]] = None) ->
     Raises:
         FileNotFoundError: ``root`` does not exist.
         ValueError: a sub-folder is not in ``class_names``, ``class_names`` repeats a name, or
-            ``root`` holds no images.
+            ``root`` holds no images; ``UnsafePathError`` (a ``ValueError``): a class name is not
+            a plain folder name (``..``, a path separator), which would read outside ``root``.
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"class-folder data set: no folder {root!r}")
@@ -72,6 +75,8 @@ def load_class_folder(root: str, class_names: Optional[Sequence[str]] = None) ->
     if class_names is None:
         class_names = folders
     class_names = list(class_names)
+    for class_name in class_names:
+        check_plain_name(class_name, source=f"class-folder data set {root!r}", what="class name")
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class-folder data set {root!r}: class_names has duplicates")
     unknown = sorted(set(folders) - set(class_names))

@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+from .path_safety import resolve_inside
+
 
 def load_panoptic_json(
     panoptic_json: str,
@@ -41,6 +43,9 @@ def load_panoptic_json(
         ValueError naming the JSON file: an annotation's image is not in ``images`` (naming the
         annotation and the image id), a segment's category is in neither mapping (naming the
         segment, its annotation and image, and the category id), or there is no annotation.
+        ``UnsafePathError`` (a ``ValueError``) naming the JSON and the entry: an image or
+        annotation ``file_name`` leads outside ``image_root`` / ``panoptic_root`` (``..``, or an
+        absolute path elsewhere).
     """
     with open(panoptic_json) as f:
         content = json.load(f)
@@ -68,16 +73,26 @@ def load_panoptic_json(
                     f"(image id {image_id!r}) has unknown category id {dataset_id!r}"
                 )
             segments_info.append({**segment, "category_id": contiguous_id, "isthing": isthing})
+        panoptic_file = resolve_inside(
+            panoptic_root,
+            annotation["file_name"],
+            source=panoptic_json,
+            entry=f"annotation of image id {image_id!r}",
+        )
         record = {
-            "file_name": os.path.join(image_root, image["file_name"]),
+            "file_name": resolve_inside(
+                image_root, image["file_name"], source=panoptic_json, entry=f"image id {image_id!r}"
+            ),
             "image_id": image_id,
             "height": image["height"],
             "width": image["width"],
-            "pan_seg_file_name": os.path.join(panoptic_root, annotation["file_name"]),
+            "pan_seg_file_name": panoptic_file,
             "segments_info": segments_info,
         }
         if sem_seg_root is not None:
-            record["sem_seg_file_name"] = os.path.join(sem_seg_root, annotation["file_name"])
+            # The semantic PNG has the panoptic PNG's name, relative to its own folder.
+            relative = os.path.relpath(panoptic_file, panoptic_root)
+            record["sem_seg_file_name"] = os.path.join(sem_seg_root, relative)
         dataset_dicts.append(record)
     if not dataset_dicts:
         raise ValueError(f"{panoptic_json!r} has no annotations")

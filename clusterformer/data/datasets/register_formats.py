@@ -3,6 +3,8 @@
 * :func:`panoptic_metadata`: class lists and id maps from a COCO-style category table.
 * :func:`register_panoptic_json`: a COCO-format panoptic data set (:class:`PanopticFiles`).
 * :func:`register_sem_seg_folder`: a semantic data set (image folder + label PNG folder).
+* :func:`load_coco_instances_checked` / :func:`register_coco_instances_checked`: Detectron2's
+  ``load_coco_json`` with its records checked to stay inside the image folder.
 
 Registration reads nothing: each loader runs ``before_load`` (a folder check, or the generation
 of a synthetic data set) when the data set is first used.
@@ -13,9 +15,11 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg
+from detectron2.data.datasets import load_coco_json, load_sem_seg
 
+from .dataset_paths import require_paths
 from .panoptic_json import check_first_record_files, load_panoptic_json
+from .path_safety import check_records_inside
 
 # Mask2Former's values for every panoptic / semantic data set: void label, panoptic id divisor.
 IGNORE_LABEL = 255
@@ -120,3 +124,29 @@ def register_sem_seg_folder(
         ignore_label=IGNORE_LABEL,
         **metadata,
     )
+
+
+def load_coco_instances_checked(json_file: str, image_root: str, name: str) -> List[dict]:
+    """Detectron2's ``load_coco_json(json_file, image_root, name)``, after checking that both
+    exist, with every record's ``file_name`` checked to lie inside ``image_root``.
+
+    Raises:
+        FileNotFoundError naming the data set and the missing path; ``UnsafePathError`` (a
+        ``ValueError``) naming the JSON and the record whose ``file_name`` leads outside
+        ``image_root`` (``..`` or an absolute path elsewhere in the JSON).
+    """
+    require_paths(name, {"instances JSON": json_file, "image folder": image_root})
+    dataset_dicts = load_coco_json(json_file, image_root, name)
+    check_records_inside(dataset_dicts, {"file_name": image_root}, source=json_file)
+    return dataset_dicts
+
+
+def register_coco_instances_checked(name: str) -> None:
+    """Give the registered COCO-instances data set ``name`` (e.g. Detectron2's ``coco_2017_train``)
+    the checking loader :func:`load_coco_instances_checked`, with the ``json_file`` and
+    ``image_root`` of its metadata; the metadata itself stays as it is."""
+    metadata = MetadataCatalog.get(name)
+    json_file, image_root = metadata.json_file, metadata.image_root
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: load_coco_instances_checked(json_file, image_root, name))
