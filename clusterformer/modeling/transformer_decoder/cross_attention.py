@@ -117,7 +117,45 @@ def cluster_means(assignment: Tensor, pixel_values: Tensor, eps: float = 1e-6) -
         return torch.matmul(assignment, pixel_values.float()) / mass
 
 
-class ClusteringCrossAttention(nn.Module):
+class QueryPixelAttention(nn.Module):
+    """What both decoder cross-attentions share: the query / key / value / output projections
+    (Xavier-initialised, zero bias), the norm, the update dropout and the ``1 / sqrt(d)`` scale.
+
+    Args:
+        d_model: channels ``C`` (divisible by ``n_heads``).
+        n_heads: heads ``M``.
+        dropout: on the update.
+        pre_norm: pre-norm instead of post-norm.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, pre_norm: bool = False):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(
+                f"{type(self).__name__}: d_model {d_model} not divisible by n_heads {n_heads}"
+            )
+        self.n_heads = n_heads
+        self.pre_norm = pre_norm
+        self.scale = (d_model // n_heads) ** -0.5
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def pixel_keys_and_values(
+        self, pixels: Tensor, pixel_pos: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor]:
+        """``(B, N, C)`` pixels (+ positions for the keys) -> keys, values ``(B, M, N, d)``."""
+        keys = self.k_proj(pixels if pixel_pos is None else pixels + pixel_pos)
+        return _split_heads(keys, self.n_heads), _split_heads(self.v_proj(pixels), self.n_heads)
+
+
+class ClusteringCrossAttention(QueryPixelAttention):
     """Recurrent cross-attention clustering: the queries are cluster centres, refined by ``T``
     EM-like iterations with shared weights.
 
@@ -154,27 +192,11 @@ class ClusteringCrossAttention(nn.Module):
         pre_norm: bool = False,
         eps: float = 1e-6,
     ):
-        super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(
-                f"ClusteringCrossAttention: d_model {d_model} not divisible by n_heads {n_heads}"
-            )
+        super().__init__(d_model, n_heads, dropout, pre_norm)
         if iterations < 1:
             raise ValueError(f"ClusteringCrossAttention: iterations must be >= 1, got {iterations}")
-        self.n_heads = n_heads
         self.iterations = iterations
-        self.pre_norm = pre_norm
         self.eps = eps
-        self.scale = (d_model // n_heads) ** -0.5
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(proj.weight)
-            nn.init.zeros_(proj.bias)
 
     def forward(
         self,
@@ -189,10 +211,7 @@ class ClusteringCrossAttention(nn.Module):
         ``A`` averaged over heads, ``(B, Q, N)`` fp32 (sums to 1 over ``Q`` at every pixel some
         query allows, 0 elsewhere)."""
         _check_inputs(queries, pixels, allowed, type(self).__name__)
-        keys = _split_heads(
-            self.k_proj(pixels if pixel_pos is None else pixels + pixel_pos), self.n_heads
-        )
-        values = _split_heads(self.v_proj(pixels), self.n_heads)
+        keys, values = self.pixel_keys_and_values(pixels, pixel_pos)
         centres = queries
         assignment = None
         for _ in range(self.iterations):
@@ -210,7 +229,7 @@ class ClusteringCrossAttention(nn.Module):
         return centres, weights
 
 
-class MaskedCrossAttention(nn.Module):
+class MaskedCrossAttention(QueryPixelAttention):
     """Mask2Former's masked cross-attention (softmax over the allowed pixels), for the ablation.
 
     ``C' = LN(C + Dropout(W_o concat_m softmax_n(S K^T / sqrt(d), restricted) V))`` with ``S``,
@@ -218,25 +237,6 @@ class MaskedCrossAttention(nn.Module):
     The returned weights (``return_weights``) are the attention probabilities averaged over heads:
     they sum to 1 over the pixels of each query. A query that allows no pixel attends to all.
     """
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, pre_norm: bool = False):
-        super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(
-                f"MaskedCrossAttention: d_model {d_model} not divisible by n_heads {n_heads}"
-            )
-        self.n_heads = n_heads
-        self.pre_norm = pre_norm
-        self.scale = (d_model // n_heads) ** -0.5
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(proj.weight)
-            nn.init.zeros_(proj.bias)
 
     def forward(
         self,
@@ -255,10 +255,7 @@ class MaskedCrossAttention(nn.Module):
         q = _split_heads(
             self.q_proj(normed if query_pos is None else normed + query_pos), self.n_heads
         )
-        k = _split_heads(
-            self.k_proj(pixels if pixel_pos is None else pixels + pixel_pos), self.n_heads
-        )
-        v = _split_heads(self.v_proj(pixels), self.n_heads)
+        k, v = self.pixel_keys_and_values(pixels, pixel_pos)
         weights = None
         if return_weights:
             logits = torch.einsum("bmqd,bmnd->bmqn", q, k).float() * self.scale
