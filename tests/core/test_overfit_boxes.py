@@ -68,7 +68,7 @@ def test_overfits_fixed_boxes(restrict_to_boxes, class_loss):
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     targets = [{"labels": torch.tensor([0, 1, 2]), "boxes": TARGET_BOXES}]
     history = []
-    for _ in range(100):
+    for _ in range(150):
         outputs = decoder(pixel_decoder(features)[1])
         loss = sum(criterion.weight_losses(criterion(outputs, targets)).values())
         optimizer.zero_grad()
