@@ -2,7 +2,7 @@
 # Regenerate the pictures of docs/demo.md (docs/images/demo_panoptic.png, demo_clusters.png) with
 # demo/demo.py and a model trained on the shapes data set.
 #
-#   tools/make_demo_example.sh                           # train first (the config's 1500
+#   tools/make_demo_example.sh                           # train first (the config's 1000
 #                                                        # iterations, as `make run`; CPU)
 #   tools/make_demo_example.sh output/x/model_final.pth  # use this checkpoint
 #
