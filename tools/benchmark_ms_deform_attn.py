@@ -20,25 +20,24 @@ Writes ``<output-dir>/ms_deform_attn_<device>.json`` and ``.md`` (a Markdown tab
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import statistics
 import sys
-import time
-from typing import Callable, Dict, List
+from typing import Callable, List
 
 import torch
+from benchmark_common import (
+    TIMER_HELP,
+    TIMERS,
+    load_average,
+    median_seconds,
+    run_metadata,
+    time_alternating,
+)
 
 from clusterformer.modeling.ops import extension_available, ms_deform_attn
 
 STRIDES = (8, 16, 32)
-TIMER_HELP = {
-    "wall": "wall-clock time",
-    "cpu": "process CPU time (--timer cpu, with --threads 1: robust to other processes "
-    "taking turns on a shared machine, which inflate wall-clock times)",
-}
 HEADS, POINTS, CHANNELS = 8, 4, 256
 
 
@@ -73,31 +72,6 @@ def make_inputs(batch: int, image_size: int, device: str, dtype: torch.dtype, se
         locations.to(**as_dev),
         weights.to(**as_dev),
     )
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-TIMERS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def time_alternating(
-    fns: Dict[str, Callable[[], None]], device: str, warmup: int, repeats: int, timer: str
-) -> Dict[str, float]:
-    """Median seconds of each function; the functions alternate within every repeat."""
-    clock = TIMERS[timer]
-    samples: Dict[str, List[float]] = {name: [] for name in fns}
-    for i in range(warmup + repeats):
-        for name, fn in fns.items():
-            synchronize(device)
-            start = clock()
-            fn()
-            synchronize(device)
-            if i >= warmup:
-                samples[name].append(clock() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def bench_config(
@@ -137,15 +111,19 @@ def bench_config(
 
         return run
 
-    fwd = time_alternating(
-        {"kernel": forward(True), "reference": forward(False)}, device, warmup, repeats, timer
+    fwd = median_seconds(
+        time_alternating(
+            {"kernel": forward(True), "reference": forward(False)}, device, warmup, repeats, timer
+        )
     )
-    fwd_bwd = time_alternating(
-        {"kernel": forward_backward("kernel"), "reference": forward_backward("reference")},
-        device,
-        warmup,
-        repeats,
-        timer,
+    fwd_bwd = median_seconds(
+        time_alternating(
+            {"kernel": forward_backward("kernel"), "reference": forward_backward("reference")},
+            device,
+            warmup,
+            repeats,
+            timer,
+        )
     )
     # The leaves hold the last backward's gradients: compare the two implementations.
     with torch.no_grad():
@@ -176,17 +154,6 @@ def bench_config(
     }
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def markdown_table(results: List[dict], device: str) -> str:
     lines = [
         "| batch | image | levels | queries | dtype | fwd kernel (ms) | fwd reference (ms) "
@@ -204,13 +171,6 @@ def markdown_table(results: List[dict], device: str) -> str:
             f"| {r['forward_backward_speedup']:.1f}x |"
         )
     return "\n".join(lines) + "\n"
-
-
-def load_average() -> List[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def run_device(device: str, dtypes: List[torch.dtype], args: argparse.Namespace) -> None:
@@ -231,15 +191,8 @@ def run_device(device: str, dtypes: List[torch.dtype], args: argparse.Namespace)
             )
             results.append(r)
     meta = {
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **run_metadata(device),
         "load_average_1_5_15min": {"start": load_before, "end": load_average()},
-        "torch": torch.__version__,
-        "python": platform.python_version(),
         "heads": HEADS,
         "points": POINTS,
         "channels": CHANNELS,

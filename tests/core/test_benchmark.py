@@ -1,0 +1,133 @@
+"""tools/benchmark.py end to end on small inputs (the figures themselves are in docs/), and its
+pieces: the exponent fit, the ratios, the peak-memory probe and the FLOP handlers."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("timm")
+pytest.importorskip("transformers")
+pytest.importorskip("fvcore")
+pytest.importorskip("matplotlib")
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(TOOLS))
+    spec = importlib.util.spec_from_file_location("benchmark", TOOLS / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("benchmark")
+    sys.path.remove(str(TOOLS))
+
+
+def test_exponent_fit_recovers_a_power_law(bench):
+    pixels = [256**2, 512**2, 1024**2]
+    assert bench.fitted_exponent(pixels, [3.0 * p**1.5 for p in pixels]) == pytest.approx(1.5)
+    assert bench.fitted_exponent(pixels, [7.0] * 3) == pytest.approx(0.0)
+    assert bench.fitted_exponent(pixels[:1], [1.0]) is None
+
+
+def test_ratios_pair_each_clusterformer_row_with_same_size_peers(bench):
+    def row(model, family, size_class, latency, mode="inference"):
+        return {
+            "suite": "backbones",
+            "model": model,
+            "family": family,
+            "size_class": size_class,
+            "height": 224,
+            "width": 224,
+            "batch": 1,
+            "mode": mode,
+            "latency_ms": latency,
+            "peak_memory_mib": None,
+            "gmacs": 2.0,
+            "params_m": 10.0,
+        }
+
+    rows = [
+        row("CF-T", "clusterformer", "tiny", 50.0),
+        row("Swin-T", "peer", "tiny", 100.0),
+        row("Swin-S", "peer", "small", 10.0),
+        row("Swin-T", "peer", "tiny", 1.0, mode="train"),
+    ]
+    (ratio,) = bench.ratios(rows)
+    assert ratio["peer"] == "Swin-T" and ratio["latency_ms"] == pytest.approx(0.5)
+    assert ratio["peak_memory_mib"] is None and ratio["gmacs"] == pytest.approx(1.0)
+
+
+def test_peak_memory_sees_a_large_temporary(bench):
+    common = sys.modules["benchmark_common"]
+    if not common.cpu_peak_memory_supported():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+
+    def allocate():
+        buffer = torch.ones(64, 2**20)  # 256 MiB, freed before returning
+        buffer.add_(1)
+
+    assert common.peak_memory_mib(allocate, "cpu") > 200
+
+
+def test_deformable_sampling_is_counted(bench):
+    from clusterformer.modeling.ops import MSDeformAttn
+
+    attention = MSDeformAttn(32, n_levels=2, n_heads=2, n_points=3)
+    shapes = torch.tensor([[4, 4], [2, 2]])
+    starts = torch.tensor([0, 16])
+    query = torch.randn(1, 20, 32)
+    reference = torch.rand(1, 20, 2, 2)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = attention
+
+        def forward(self, q):
+            return self.attention(q, reference, q, shapes, starts)
+
+    counted = bench.count_gmacs(Wrapper(), (query,))
+    sampling = 1 * 20 * 2 * 2 * 3 * 16 * 5  # queries x heads x levels x points x d x 5 MACs
+    linear = 20 * 32 * (2 * 2 * 3 * 2 + 2 * 2 * 3) + 2 * 20 * 32 * 32  # offsets, weights, v, out
+    assert counted["gmacs"] * 1e9 == pytest.approx(sampling + linear)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_report(bench, tmp_path):
+    # Peak memory (a fresh process per contender) only for the backbones, to save time.
+    common = ["--quick", "--output-dir", str(tmp_path), "--threads", "1"]
+    bench.main([*common, "--suites", "backbones", "--suffix", "_memory"])
+    result = bench.main([*common, "--suites", "panoptic", "scaling", "components", "--no-memory"])
+    backbones = json.loads((tmp_path / "benchmark_cpu_memory.json").read_text())["rows"]
+    assert {r["model"] for r in backbones} == {"ClusterFormer-T", "Swin-T", "ConvNeXt-T"}
+    assert {r["mode"] for r in backbones} == {"inference", "train"}
+    cf = {r["mode"]: r for r in backbones if r["model"] == "ClusterFormer-T"}
+    # Training holds gradients and AdamW state: it needs more memory than inference.
+    if cf["inference"]["peak_memory_mib"] is not None:
+        assert cf["train"]["peak_memory_mib"] > cf["inference"]["peak_memory_mib"] > 0
+    assert cf["inference"]["gmacs"] == pytest.approx(5.63, abs=0.01)  # docs/backbone_complexity.md
+
+    stem = tmp_path / "benchmark_cpu_quick"
+    saved = json.loads(stem.with_suffix(".json").read_text())
+    assert saved["rows"] == result["rows"]
+    assert {r["suite"] for r in saved["rows"]} == {"panoptic", "scaling", "components"}
+    for r in backbones + saved["rows"]:
+        assert r["latency_ms"] > 0 and r["params_m"] > 0
+        assert r["gmacs"] is None or r["gmacs"] > 0
+    pairs = {(q["suite"], q["peer"]) for q in saved["ratios"]}
+    assert ("panoptic", "Mask2Former-Swin-T (transformers)") in pairs
+    assert ("scaling", "ConvNeXt-T") in pairs
+    assert set(saved["scaling_exponents"]) == {"ClusterFormer-T", "Swin-T", "ConvNeXt-T"}
+    assert any("panoptic latency" in t for t in saved["targets"])
+    report = stem.with_suffix(".md").read_text()
+    assert "## Ratios ClusterFormer / peer" in report and "## Cost growth" in report
+    for suite in ("panoptic", "components", "scaling"):
+        assert (tmp_path / f"benchmark_cpu_quick_{suite}.png").stat().st_size > 10_000
+    assert (tmp_path / "benchmark_cpu_memory_backbones.png").is_file()

@@ -1,0 +1,138 @@
+"""What the benchmark scripts of ``tools/`` share: timers, alternating timing, peak memory, and
+the description of the machine a run was made on.
+
+Timing alternates the compared functions repeat by repeat (A, B, C, A, B, C, ...), so that a
+change in the machine's load during a run slows every contender alike and the ratios measured
+in one run stay meaningful on a shared machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+TIMERS = {"wall": time.perf_counter, "cpu": time.process_time}
+TIMER_HELP = {
+    "wall": "wall-clock time",
+    "cpu": "process CPU time (--timer cpu, with --threads 1: robust to other processes "
+    "taking turns on a shared machine, which inflate wall-clock times)",
+}
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_alternating(
+    fns: Dict[str, Callable[[], None]], device: str, warmup: int, repeats: int, timer: str
+) -> Dict[str, List[float]]:
+    """Seconds of every repeat of each function (warm-up excluded); the functions alternate
+    within every repeat."""
+    clock = TIMERS[timer]
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = clock()
+            fn()
+            synchronize(device)
+            if i >= warmup:
+                samples[name].append(clock() - start)
+    return samples
+
+
+def median_seconds(samples: Dict[str, List[float]]) -> Dict[str, float]:
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> List[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
+
+
+def run_metadata(device: str) -> Dict[str, object]:
+    """Command, date, machine and library versions of a benchmark run."""
+    return {
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": device,
+        "device_name": device_name(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# ---- peak memory ---------------------------------------------------------------------------
+# CPU: Linux keeps the peak resident set size of a process (VmHWM in /proc/self/status), and
+# writing "5" to /proc/self/clear_refs resets it to the current size. The difference is the
+# peak of everything a step allocated, provided freed memory goes back to the system: glibc
+# returns large blocks only when they were mmap-ed, which a fixed MALLOC_MMAP_THRESHOLD_ (set
+# by the caller in the environment of a fresh process; it also disables glibc's dynamic
+# threshold) guarantees for everything above it.
+CPU_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def cpu_peak_memory_supported() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _proc_status_kib("VmHWM")
+    except (OSError, RuntimeError):
+        return False
+    return True
+
+
+def peak_memory_mib(fn: Callable[[], None], device: str) -> Optional[float]:
+    """Peak memory (MiB) that ``fn`` allocates above what was allocated before it.
+
+    CUDA: the caching allocator's peak of allocated bytes. CPU: the peak resident set size
+    (see the comment above; call it in a fresh process with ``CPU_MEMORY_ENV``); ``None``
+    where /proc does not allow the measurement.
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    if not cpu_peak_memory_supported():
+        return None
+    before = _proc_status_kib("VmRSS")
+    fn()
+    return (_proc_status_kib("VmHWM") - before) / 1024
