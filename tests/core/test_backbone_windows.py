@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from clusterformer.modeling.backbone.windows import (
+    PointwiseConv2d,
     WindowGeometry,
     centre_pooling_weights,
     partition_windows,
@@ -45,6 +46,39 @@ def test_partition_is_spatial_and_reverses():
     ids_map = reverse_window_indices(ids, g)
     assert ids_map.shape == (1, 1, H, W)
     assert ids_map[0, 0, 8, 9].item() == 3 * 49 + 1 * 7 + 2
+
+
+@pytest.mark.parametrize("size", [(10, 12), (14, 21)])
+def test_partition_and_reverse_agree_for_both_memory_formats(size):
+    """The backbone feeds channels_last maps; the windows must not depend on the layout."""
+    H, W = size
+    g = WindowGeometry.for_map(H, W, 7)
+    x = torch.randn(2, 3 * 2 * 4, H, W)
+    nchw = partition_windows(x, g, groups=3, heads=2)
+    nhwc = partition_windows(x.contiguous(memory_format=torch.channels_last), g, 3, 2)
+    assert torch.equal(nchw, nhwc) and nhwc.is_contiguous()
+    back = reverse_windows(nhwc[2], g)
+    assert torch.equal(back, x[:, 16:])
+    if not g.has_padding:
+        assert back.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_pointwise_conv_is_a_1x1_convolution():
+    torch.manual_seed(0)
+    pointwise = PointwiseConv2d(6, 10)
+    reference = torch.nn.Conv2d(6, 10, kernel_size=1)
+    reference.load_state_dict(pointwise.state_dict())  # same parameters and keys
+    for x in (
+        torch.randn(2, 6, 5, 7),
+        torch.randn(2, 6, 5, 7).to(memory_format=torch.channels_last),
+    ):
+        x.requires_grad_(True)
+        out = pointwise(x)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, reference(x))
+        (grad_x,) = torch.autograd.grad(out.square().sum(), x)
+        (grad_ref,) = torch.autograd.grad(reference(x).square().sum(), x)
+        torch.testing.assert_close(grad_x, grad_ref)
 
 
 def test_partition_rejects_wrong_map():

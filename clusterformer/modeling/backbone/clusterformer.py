@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .clustering_mixer import ClusteringMixer
 from .window_attention_mixer import WindowAttentionMixer
+from .windows import PointwiseConv2d
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 MIXERS = ("clustering", "window_attention")
@@ -48,9 +49,9 @@ class ConvFeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, kernel_size=1)
+        self.fc1 = PointwiseConv2d(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden_dim, dim, kernel_size=1)
+        self.fc2 = PointwiseConv2d(hidden_dim, dim)
         for conv in (self.fc1, self.fc2):
             nn.init.trunc_normal_(conv.weight, std=0.02)
             nn.init.zeros_(conv.bias)
@@ -317,7 +318,10 @@ class ClusterFormerBackbone(nn.Module):
         pad_h, pad_w = -H % 4, -W % 4
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        x = self.stem(x)
+        # channels_last from here on: the 1x1 convolutions (PointwiseConv2d), GroupNorms and
+        # elementwise ops keep it, and the window partition copies runs of channels (see
+        # windows.py); measured in docs/benchmarks.md. The outputs are channels_last too.
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
         outputs = {}
         for name, stage in zip(STAGE_NAMES, self.stages):
             x = stage(x)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .windows import (
+    PointwiseConv2d,
     WindowGeometry,
     centre_pooling_weights,
     partition_windows,
@@ -228,7 +229,7 @@ class ClusteringMixer(nn.Module):
         self.centers_per_window = centers_per_window
         inner = num_heads * head_dim
         # Points, keys and values in one 1x1 convolution: channels ordered (Q|K|V, head, d).
-        self.qkv = nn.Conv2d(dim, 3 * inner, kernel_size=1)
+        self.qkv = PointwiseConv2d(dim, 3 * inner)
         self.clustering = RecurrentClusteringAttention(
             head_dim,
             iterations=iterations,
@@ -237,7 +238,7 @@ class ClusteringMixer(nn.Module):
             assignment_softmax=assignment_softmax,
         )
         self.dispatch = FeatureDispatch(head_dim, mode=dispatch)
-        self.proj = nn.Conv2d(inner, dim, kernel_size=1)
+        self.proj = PointwiseConv2d(inner, dim)
         self.record_assignments = False
         self.last_assignment: Optional[Tensor] = None
 

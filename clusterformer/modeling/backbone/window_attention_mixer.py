@@ -10,7 +10,13 @@ attended to. Selected with ``mixer="window_attention"`` in :class:`ClusterFormer
 import torch
 from torch import Tensor, nn
 
-from .windows import WindowGeometry, partition_windows, reverse_windows, valid_token_mask
+from .windows import (
+    PointwiseConv2d,
+    WindowGeometry,
+    partition_windows,
+    reverse_windows,
+    valid_token_mask,
+)
 
 
 class WindowAttentionMixer(nn.Module):
@@ -30,8 +36,8 @@ class WindowAttentionMixer(nn.Module):
         self.window_size = window_size
         self.scale = head_dim**-0.5
         inner = num_heads * head_dim
-        self.qkv = nn.Conv2d(dim, 3 * inner, kernel_size=1)
-        self.proj = nn.Conv2d(inner, dim, kernel_size=1)
+        self.qkv = PointwiseConv2d(dim, 3 * inner)
+        self.proj = PointwiseConv2d(inner, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, dim, H, W) -> (B, dim, H, W)."""

@@ -1,4 +1,5 @@
-"""Spatial windows for the clustering token mixer: geometry, partition, reverse, centre pooling.
+"""Spatial windows for the token mixers: geometry, partition, reverse, centre pooling, and the
+tokens-last 1x1 convolution the backbone uses around them.
 
 A feature map of H x W tokens is cut into non-overlapping windows of ``wh x ww`` tokens, where
 ``wh = min(S, H)`` and ``ww = min(S, W)`` for the window size S: a map smaller than S in a
@@ -14,7 +15,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,18 @@ class WindowGeometry:
 
 
 def partition_windows(x: Tensor, geometry: WindowGeometry, groups: int, heads: int) -> Tensor:
-    """Cut a map into per-head windows of tokens with a single copy.
+    """Cut a map into per-head windows of tokens.
+
+    The map is read tokens-last, ``(B, H, W, C)``: a token's ``d`` channels of one head are then
+    one contiguous run, and the permuting copy moves such runs instead of gathering single
+    values ``H * W`` apart. For a ``channels_last`` input (what the backbone's 1x1 convolutions
+    produce) that view is free and the windows take a single copy (two with padding).
 
     Args:
-        x: (B, groups * heads * d, H, W); channels are ordered (group, head, d), e.g. the fused
-            output of the Q/K/V projection with groups = 3.
+        x: (B, groups * heads * d, H, W), any memory format; channels are ordered
+            (group, head, d), e.g. the fused output of the Q/K/V projection with groups = 3.
     Returns:
-        (groups, B, heads, num_windows, tokens_per_window, d); padded tokens are zero.
+        (groups, B, heads, num_windows, tokens_per_window, d) contiguous; padded tokens are zero.
     """
     B, channels, H, W = x.shape
     g = geometry
@@ -79,11 +85,12 @@ def partition_windows(x: Tensor, geometry: WindowGeometry, groups: int, heads: i
     if channels % (groups * heads) != 0:
         raise ValueError(f"{channels} channels cannot be split into {groups} x {heads} heads.")
     d = channels // (groups * heads)
+    x = x.permute(0, 2, 3, 1)
     if g.has_padding:
-        x = F.pad(x, (0, g.padded_width - W, 0, g.padded_height - H))
-    x = x.view(B, groups, heads, d, g.windows_h, g.window_h, g.windows_w, g.window_w)
+        x = F.pad(x, (0, 0, 0, g.padded_width - W, 0, g.padded_height - H))
+    x = x.view(B, g.windows_h, g.window_h, g.windows_w, g.window_w, groups, heads, d)
     # -> (groups, B, heads, windows_h, windows_w, window_h, window_w, d)
-    x = x.permute(1, 0, 2, 4, 6, 5, 7, 3)
+    x = x.permute(5, 0, 6, 1, 3, 2, 4, 7)
     return x.reshape(groups, B, heads, g.num_windows, g.tokens_per_window, d)
 
 
@@ -93,16 +100,17 @@ def reverse_windows(tokens: Tensor, geometry: WindowGeometry) -> Tensor:
     Args:
         tokens: (B, heads, num_windows, tokens_per_window, d).
     Returns:
-        (B, heads * d, H, W), channels ordered (head, d).
+        (B, heads * d, H, W), channels ordered (head, d), in ``channels_last`` memory format
+        (a strided view of it when the map was padded), written by one copy of runs of d values.
     """
     B, heads, _, _, d = tokens.shape
     g = geometry
     x = tokens.view(B, heads, g.windows_h, g.windows_w, g.window_h, g.window_w, d)
-    # -> (B, heads, d, windows_h, window_h, windows_w, window_w)
-    x = x.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, heads * d, g.padded_height, g.padded_width)
+    # -> (B, windows_h, window_h, windows_w, window_w, heads, d) = (B, H, W, C) padded
+    x = x.permute(0, 2, 4, 3, 5, 1, 6).reshape(B, g.padded_height, g.padded_width, heads * d)
     if g.has_padding:
-        x = x[:, :, : g.height, : g.width]
-    return x
+        x = x[:, : g.height, : g.width]
+    return x.permute(0, 3, 1, 2)
 
 
 def reverse_window_indices(indices: Tensor, geometry: WindowGeometry) -> Tensor:
@@ -174,3 +182,21 @@ def centre_pooling_weights(
     weights = rows[:, None, :, None, :, None] * cols[None, :, None, :, None, :]
     weights = weights.reshape(-1, bins * bins, g.tokens_per_window)
     return (weights / weights.sum(dim=-1, keepdim=True)).to(dtype)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution computed as one matrix product over tokens-last data.
+
+    (B, C_in, H, W) -> (B, C_out, H, W) in ``channels_last`` memory format. For a
+    ``channels_last`` input (as the backbone keeps its maps) both permutes are free and the
+    product is a single GEMM of (B*H*W, C_in) by (C_in, C_out); PyTorch's 1x1 convolution
+    instead converts to and from NCHW on several CPU paths. Parameters and state-dict keys are
+    those of ``nn.Conv2d(in_channels, out_channels, 1)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
+        return y.permute(0, 3, 1, 2)
