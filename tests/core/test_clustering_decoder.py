@@ -239,3 +239,20 @@ def test_mask_embedding_is_a_dot_product_with_mask_features():
     assert torch.allclose(
         pred["pred_masks"][1, 3, 2, 4], embed[1, 3] @ mask_features[1, :, 2, 4], atol=1e-5
     )
+
+
+@pytest.mark.parametrize("mode", ["clustering", "masked_attention"])
+def test_eval_mode_predicts_intermediate_masks_at_level_resolution_only(mode):
+    """Eval skips the full-resolution intermediate masks; the outputs stay those of training
+    mode (the restrictions come from resized mask features instead of resized mask logits)."""
+    decoder = _decoder(mode)  # dropout 0: train and eval compute the same function
+    feats, mask_features = _features()
+    with torch.no_grad():
+        full = decoder.train()(feats, mask_features)
+        coarse = decoder.eval()(feats, mask_features)
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(coarse[key], full[key], atol=1e-4, rtol=1e-4)
+    assert len(coarse["aux_outputs"]) == len(full["aux_outputs"])
+    for aux_coarse, aux_full in zip(coarse["aux_outputs"], full["aux_outputs"]):
+        assert "pred_masks" not in aux_coarse
+        torch.testing.assert_close(aux_coarse["pred_logits"], aux_full["pred_logits"])

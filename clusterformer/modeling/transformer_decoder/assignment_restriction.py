@@ -28,6 +28,7 @@ __all__ = [
     "box_assignment_restriction",
     "mask_assignment_restriction",
     "release_empty_restrictions",
+    "resize_like_restriction",
     "restrict_within",
 ]
 
@@ -46,10 +47,17 @@ def mask_assignment_restriction(
         ``(B, Q, h * w)`` bool, without gradient. Queries may come out empty; see
         :func:`release_empty_restrictions`.
     """
-    resized = F.interpolate(
-        mask_logits.detach().float(), size=tuple(size), mode="bilinear", align_corners=False
-    )
+    resized = resize_like_restriction(mask_logits.detach().float(), size)
     return (resized.sigmoid() >= threshold).flatten(2)
+
+
+def resize_like_restriction(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, h, w)``, the bilinear resizing of the mask restriction (a
+    no-op at the same size). Being linear, it commutes with the per-pixel products of the mask
+    head: resizing the mask features gives the resized mask logits."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def box_assignment_restriction(boxes: Tensor, size: Sequence[int]) -> Tensor:

@@ -24,6 +24,7 @@ from ..common_layers import caffe2_xavier_init_
 from .assignment_restriction import (
     box_assignment_restriction,
     mask_assignment_restriction,
+    resize_like_restriction,
     restrict_within,
 )
 from .cross_attention import (
@@ -93,7 +94,10 @@ class ClusteringTransformerDecoder(nn.Module):
           mask-feature resolution, stride 4) and ``pred_boxes`` ``(B, Q, 4)`` fp32 (``box_on``)
           of the last layer;
         * ``aux_outputs``: ``L`` dicts with the same keys, the predictions before layer 1,
-          ..., before layer ``L`` (deep supervision);
+          ..., before layer ``L`` (deep supervision). In eval mode they carry no
+          ``pred_masks``: an intermediate prediction's masks are then predicted only at the
+          resolution of the level they restrict, which is all inference needs (the final
+          outputs are the same as in training mode);
         * ``"clustering"``: ``pixel_assignment`` ``(B, Q, h, w)`` fp32, the last layer's final
           E-step assignment averaged over heads, at that layer's level (stride 8 for 9 layers and
           3 levels): sums to 1 over queries at each pixel some query may take, 0 at pixels
@@ -254,7 +258,9 @@ class ClusteringTransformerDecoder(nn.Module):
     ) -> Tuple[Dict[str, Tensor], Optional[Tensor]]:
         """Heads on ``queries``; with boxes, refine ``box_reference`` (logits ``(B, Q, 4)``; the
         anchors when ``None``). Returns the prediction dict and the next box reference."""
-        prediction = self.prediction_heads(queries, mask_features)
+        prediction = self.prediction_heads(
+            queries, mask_features, predict_masks=mask_features is not None
+        )
         if not self.box_on:
             return prediction, None
         deltas = prediction.pop("box_deltas")
@@ -297,25 +303,48 @@ class ClusteringTransformerDecoder(nn.Module):
         B = srcs[0].shape[0]
         queries = self.query_feat.weight[None].expand(B, -1, -1)
         query_pos = self.query_embed.weight[None].expand(B, -1, -1)
+        levels = self.num_feature_levels
+        # Deep supervision reads every prediction's masks at the mask-feature resolution. At
+        # inference an intermediate prediction's masks only restrict the next layer, so they are
+        # predicted at that layer's level directly: resizing is linear, so resizing the mask
+        # features equals resizing the mask logits, at a fraction of the per-pixel products.
+        # They are then left out of ``aux_outputs``.
+        coarse = self.mask_on and not self.training
+        level_mask_features = None
+        if coarse and self.restrict_to_masks:
+            level_mask_features = [resize_like_restriction(mask_features, s) for s in sizes]
 
-        prediction, box_reference = self._predict(queries, mask_features, None)
+        def predict(j: int, queries: Tensor, box_reference: Optional[Tensor]):
+            """Prediction ``j`` (0: on the initial queries) and the restriction of layer ``j``."""
+            last = j == self.num_layers
+            features = mask_features
+            if coarse and not last:
+                features = None if level_mask_features is None else level_mask_features[j % levels]
+            prediction, box_reference = self._predict(queries, features, box_reference)
+            restriction = (
+                None if last else self.assignment_restriction(prediction, sizes[j % levels])
+            )
+            if coarse and not last:
+                prediction.pop("pred_masks", None)
+            return prediction, box_reference, restriction
+
+        prediction, box_reference, restriction = predict(0, queries, None)
         predictions = [prediction]
-        restriction = self.assignment_restriction(prediction, sizes[0])
         weights = None
         for i in range(self.num_layers):
-            lvl = i % self.num_feature_levels
-            is_last = i == self.num_layers - 1
+            lvl = i % levels
             queries, weights = self.cross_attention_layers[i](
-                queries, srcs[lvl], query_pos, pos[lvl], restriction, return_weights=is_last
+                queries,
+                srcs[lvl],
+                query_pos,
+                pos[lvl],
+                restriction,
+                return_weights=i == self.num_layers - 1,
             )
             queries = self.self_attention_layers[i](queries, query_pos)
             queries = self.ffn_layers[i](queries)
-            prediction, box_reference = self._predict(queries, mask_features, box_reference)
+            prediction, box_reference, restriction = predict(i + 1, queries, box_reference)
             predictions.append(prediction)
-            if not is_last:
-                restriction = self.assignment_restriction(
-                    prediction, sizes[(i + 1) % self.num_feature_levels]
-                )
 
         last_level_size = sizes[(self.num_layers - 1) % self.num_feature_levels]
         weights_key = (

@@ -67,6 +67,18 @@ def _check_inputs(queries: Tensor, pixels: Tensor, allowed: Optional[Tensor], na
         )
 
 
+def _restricted_logits(logits: Tensor, excluded: Optional[Tensor]) -> Tensor:
+    """Fill the excluded entries of freshly computed logits in place.
+
+    A finite fill (not -inf) keeps the softmax of a pixel excluded by every centre finite
+    (uniform), and its gradient finite; the callers then take that pixel out of the update.
+    In place is safe: the product that made the logits does not need them for its backward.
+    """
+    if excluded is None:
+        return logits
+    return logits.masked_fill_(excluded, torch.finfo(logits.dtype).min)
+
+
 def clustering_assignment(
     centre_queries: Tensor, pixel_keys: Tensor, allowed: Optional[Tensor], scale: float
 ) -> Tensor:
@@ -75,7 +87,8 @@ def clustering_assignment(
     ``A[b, m, q, n] = R[b, q, n] exp(s_qn) / sum_q' R[b, q', n] exp(s_q'n)`` with
     ``s_qn = scale * <centre_queries[q], pixel_keys[n]>`` and ``R`` the restriction (1 if absent).
     A pixel that no centre allows gets ``A[:, :, :, n] = 0``: it takes no part in this update.
-    Computed in fp32 whatever the autocast state.
+    Computed in fp32 whatever the autocast state. (:class:`ClusteringCrossAttention` fuses this
+    with the M-step; this is the assignment on its own, for analysis and tests.)
 
     Args:
         centre_queries: ``(B, M, Q, d)``.
@@ -87,14 +100,11 @@ def clustering_assignment(
         ``(B, M, Q, N)`` fp32.
     """
     with torch.autocast(device_type=centre_queries.device.type, enabled=False):
-        logits = torch.einsum("bmqd,bmnd->bmqn", centre_queries.float(), pixel_keys.float()) * scale
+        logits = torch.matmul(centre_queries.float() * scale, pixel_keys.float().transpose(-2, -1))
         if allowed is None:
             return logits.softmax(dim=2)
         excluded = ~allowed[:, None]
-        # A finite fill (not -inf) keeps the softmax of a pixel excluded by every centre finite
-        # (uniform), and its gradient finite; the masked_fill below then zeroes it.
-        logits = logits.masked_fill(excluded, torch.finfo(logits.dtype).min)
-        return logits.softmax(dim=2).masked_fill(excluded, 0.0)
+        return _restricted_logits(logits, excluded).softmax(dim=2).masked_fill(excluded, 0.0)
 
 
 def cluster_means(assignment: Tensor, pixel_values: Tensor, eps: float = 1e-6) -> Tensor:
@@ -212,20 +222,44 @@ class ClusteringCrossAttention(QueryPixelAttention):
         query allows, 0 elsewhere)."""
         _check_inputs(queries, pixels, allowed, type(self).__name__)
         keys, values = self.pixel_keys_and_values(pixels, pixel_pos)
+        with torch.autocast(device_type=queries.device.type, enabled=False):
+            keys_t = keys.float().transpose(-2, -1)  # (B, M, d, N)
+            values = values.float()
+            # The M-step's numerator and mass come from one product: the values with a column
+            # of pixel weights appended, 1 for a pixel some centre allows and 0 (values zeroed
+            # too) for one no centre allows, which takes no part in the update.
+            excluded = joined = None
+            if allowed is None:
+                weight_column = values.new_ones(values.shape[:-1] + (1,))
+            else:
+                excluded = ~allowed[:, None]  # (B, 1, Q, N)
+                joined = allowed.any(dim=1)[:, None, :, None].float()  # (B, 1, N, 1)
+                values = values * joined
+                weight_column = joined.expand(values.shape[:-1] + (1,))
+            values_and_weight = torch.cat([values, weight_column], dim=-1)  # (B, M, N, d + 1)
         centres = queries
         assignment = None
         for _ in range(self.iterations):
             normed = self.norm(centres) if self.pre_norm else centres
-            centre_q = self.q_proj(normed if query_pos is None else normed + query_pos)
-            assignment = clustering_assignment(
-                _split_heads(centre_q, self.n_heads), keys, allowed, self.scale
+            centre_q = _split_heads(
+                self.q_proj(normed if query_pos is None else normed + query_pos), self.n_heads
             )
-            update = _merge_heads(cluster_means(assignment, values, self.eps))
-            update = self.out_proj(update.to(centre_q.dtype))
+            with torch.autocast(device_type=queries.device.type, enabled=False):
+                # E-step, softmax over the centres; scaling (Q, d) is cheaper than (Q, N).
+                logits = torch.matmul(centre_q.float() * self.scale, keys_t)  # (B, M, Q, N)
+                assignment = _restricted_logits(logits, excluded).softmax(dim=2)
+                # M-step: assignment-weighted means of the values (fp32).
+                summed = torch.matmul(assignment, values_and_weight)  # (B, M, Q, d + 1)
+                means = summed[..., :-1] / summed[..., -1:].clamp_min(self.eps)
+            update = self.out_proj(_merge_heads(means).to(centre_q.dtype))
             centres = centres + self.dropout(update)
             if not self.pre_norm:
                 centres = self.norm(centres)
-        weights = assignment.mean(dim=1).detach() if return_weights else None
+        weights = None
+        if return_weights:
+            weights = assignment.mean(dim=1).detach()
+            if joined is not None:  # pixels no centre allows carry no assignment
+                weights = weights * joined[:, 0, :, 0][:, None]
         return centres, weights
 
 

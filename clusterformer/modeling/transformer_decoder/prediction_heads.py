@@ -108,10 +108,17 @@ class PredictionHeads(nn.Module):
             nn.init.zeros_(self.box_embed.layers[-1].weight)
             nn.init.zeros_(self.box_embed.layers[-1].bias)
 
-    def forward(self, queries: Tensor, mask_features: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    def forward(
+        self,
+        queries: Tensor,
+        mask_features: Optional[Tensor] = None,
+        *,
+        predict_masks: bool = True,
+    ) -> Dict[str, Tensor]:
+        """``predict_masks=False`` skips the mask head (a prediction whose masks nobody reads)."""
         normed = self.norm(queries)
         out = {"pred_logits": self.class_embed(normed)}
-        if self.mask_embed is not None:
+        if self.mask_embed is not None and predict_masks:
             if mask_features is None:
                 raise ValueError("PredictionHeads: the mask head needs mask_features")
             out["pred_masks"] = torch.einsum(
