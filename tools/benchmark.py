@@ -464,7 +464,9 @@ def memory_child(spec_json: str) -> None:
     torch.manual_seed(0)
     size = tuple(spec["size"])
     (contender,) = [
-        c for c in contenders_of(spec["suite"], size, spec["size_classes"]) if c.name == spec["name"]
+        c
+        for c in contenders_of(spec["suite"], size, spec["size_classes"])
+        if c.name == spec["name"]
     ]
     model = contender.build()
     inputs = contender.inputs(spec["batch"], "cpu")
