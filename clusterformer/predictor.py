@@ -21,7 +21,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
@@ -29,6 +28,7 @@ from detectron2.modeling import build_model
 from torch import Tensor, nn
 
 from .data.dataset_mappers.inference_transform import InputGeometry, build_test_transform
+from .engine.checkpointer import ClusterFormerCheckpointer
 from .modeling.backbone.clusterformer import STAGE_NAMES, STAGE_STRIDES
 
 logger = logging.getLogger(__name__)
@@ -119,8 +119,9 @@ def filter_by_confidence(outputs: Dict[str, Any], threshold: float) -> Dict[str,
     return outputs
 
 
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` that keeps the incompatible keys of its last load."""
+class _RecordingCheckpointer(ClusterFormerCheckpointer):
+    """The project's checkpointer (no pickled code, shape policy) keeping the incompatible keys
+    of its last load."""
 
     incompatible = None
 
@@ -129,10 +130,14 @@ class _RecordingCheckpointer(DetectionCheckpointer):
         return self.incompatible
 
 
-def load_weights(model: nn.Module, weights: str) -> None:
+def load_weights(model: nn.Module, weights: str, allow_pickle: bool = False) -> None:
     """Load ``weights`` (a path or a Detectron2/URL path) into ``model``; raise when the file is
     missing or does not fit the model (missing parameters or different shapes), so a predictor
-    never silently runs with random layers. Extra checkpoint keys are only logged."""
+    never silently runs with random layers. Extra checkpoint keys are only logged.
+
+    Like training, it reads checkpoints without running pickled code (``weights_only``; see
+    :class:`~clusterformer.engine.ClusterFormerCheckpointer`) unless ``allow_pickle``
+    (``MODEL.WEIGHTS_ALLOW_PICKLE``), for files you trust."""
     if not weights:
         raise ValueError(
             "MODEL.WEIGHTS is empty: the predictor needs a trained checkpoint "
@@ -140,7 +145,7 @@ def load_weights(model: nn.Module, weights: str) -> None:
         )
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS={weights!r}: no such checkpoint file")
-    checkpointer = _RecordingCheckpointer(model)
+    checkpointer = _RecordingCheckpointer(model, allow_pickle=allow_pickle)
     checkpointer.load(weights)
     incompatible = checkpointer.incompatible
     if incompatible is None:
@@ -250,7 +255,7 @@ class ClusterFormerPredictor:
         self.test_transform = build_test_transform(cfg)
         self.model = build_model(self.cfg)
         self.model.eval()
-        load_weights(self.model, cfg.MODEL.WEIGHTS)
+        load_weights(self.model, cfg.MODEL.WEIGHTS, cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
 
     def prepare_inputs(
         self, image: np.ndarray, format: str = "BGR"

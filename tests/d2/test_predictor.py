@@ -12,7 +12,7 @@ from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG
 
 from clusterformer import ClusterFormerPredictor, add_clusterformer_config
 from clusterformer.data.dataset_mappers import InputGeometry, build_test_transform
-from clusterformer.engine import Trainer
+from clusterformer.engine import Trainer, UnsafeCheckpointError
 from clusterformer.predictor import (
     ClusterMaps,
     enable_task_outputs,
@@ -94,8 +94,8 @@ def test_weights_errors(tmp_path, shapes_classification_checkpoint):
     # A classifier's checkpoint lacks the pixel decoder and transformer decoder.
     with pytest.raises(ValueError, match="does not fit the model"):
         ClusterFormerPredictor(make_cfg(PANOPTIC_CONFIG, shapes_classification_checkpoint))
-    # Same architecture, other widths: shape mismatches.
-    with pytest.raises(ValueError, match="other shapes"):
+    # Same architecture, other widths: shape mismatches, named.
+    with pytest.raises(ValueError, match=r"have another shape: .*res5"):
         ClusterFormerPredictor(
             make_cfg(
                 CLS_CONFIG,
@@ -104,6 +104,32 @@ def test_weights_errors(tmp_path, shapes_classification_checkpoint):
                 "[32, 64, 128, 128]",
             )
         )
+
+
+class WritesAMarker:
+    """Unpickling this calls open(marker, "w"): a stand-in for arbitrary code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.slow
+def test_predictor_refuses_pickled_code(tmp_path, shapes_classification_checkpoint):
+    """The predictor (and so the demo) loads like training: no code runs from a checkpoint."""
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pth"
+    checkpoint = torch.load(shapes_classification_checkpoint, weights_only=True)
+    checkpoint["payload"] = WritesAMarker(str(marker))
+    torch.save(checkpoint, evil)
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pth.*WEIGHTS_ALLOW_PICKLE"):
+        ClusterFormerPredictor(make_cfg(CLS_CONFIG, str(evil)))
+    assert not marker.exists()
+    # Trusted on purpose: loads (and runs the payload, as full unpickling does).
+    ClusterFormerPredictor(make_cfg(CLS_CONFIG, str(evil), "MODEL.WEIGHTS_ALLOW_PICKLE", "True"))
+    assert marker.exists()
 
 
 @pytest.mark.slow
