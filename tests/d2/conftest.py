@@ -11,10 +11,13 @@ from __future__ import annotations
 import pytest
 from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG, run_train_net
 
+DETECTION_CONFIG = "configs/shapes/detection/clusterformer_nano.yaml"
+
 
 @pytest.fixture(scope="session")
 def shapes_panoptic_checkpoint(tmp_path_factory) -> str:
-    """``model_final.pth`` of the shapes panoptic nano model after 20 iterations."""
+    """``model_final.pth`` of the shapes panoptic nano model after 40 iterations (after 20, whether
+    it predicted any object class on a photograph depended on the thread count)."""
     out = tmp_path_factory.mktemp("shapes_panoptic")
     run_train_net(
         "--config-file",
@@ -22,7 +25,7 @@ def shapes_panoptic_checkpoint(tmp_path_factory) -> str:
         "OUTPUT_DIR",
         str(out),
         "SOLVER.MAX_ITER",
-        "20",
+        "40",
         "SOLVER.IMS_PER_BATCH",
         "2",
         "SOLVER.BASE_LR",
@@ -55,6 +58,29 @@ def shapes_classification_checkpoint(tmp_path_factory) -> str:
         "5",
         "SOLVER.IMS_PER_BATCH",
         "8",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "DATASETS.TEST",
+        "()",
+    )
+    path = out / "model_final.pth"
+    assert path.is_file()
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def shapes_detection_checkpoint(tmp_path_factory) -> str:
+    """``model_final.pth`` of the box-only shapes detector after 10 iterations."""
+    out = tmp_path_factory.mktemp("shapes_detection")
+    run_train_net(
+        "--config-file",
+        DETECTION_CONFIG,
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "10",
         "SOLVER.CHECKPOINT_PERIOD",
         "1000",
         "DATALOADER.NUM_WORKERS",

@@ -124,8 +124,8 @@ def write_video(path, num_frames: int = 10, fps: float = 7, size=(160, 120), fou
     "task", ["panoptic", "instance", "semantic", "detection", "classification"]
 )
 def test_every_task_on_photographs(task, run_demo, photos, tmp_path):
-    """Detection: the repository has no box-only config yet, so this draws the instance model's
-    ``instances`` as boxes only (what the demo does for any detector's output)."""
+    """Detection here draws the segmentation model's ``instances`` as boxes only; the box-only
+    detector has its own test below."""
     config = CLS_CONFIG if task == "classification" else PANOPTIC_CONFIG
     out = tmp_path / "out"
     summary = run_demo(
@@ -146,6 +146,35 @@ def test_every_task_on_photographs(task, run_demo, photos, tmp_path):
         drawn = read_rgb(out / f"{name}.png")
         assert drawn.shape == photo.shape, name
         assert fraction_changed(drawn, photo) > 0.001, f"{task} drew nothing on {name}"
+
+
+def test_box_only_detector_on_photographs(demo, shapes_detection_checkpoint, photos, tmp_path):
+    """The shapes detector (MASK_ON False): the task is inferred from its config, and its boxes
+    are drawn at the photographs' sizes."""
+    from conftest import DETECTION_CONFIG
+
+    out = tmp_path / "out"
+    summary = demo.main(
+        [
+            "--config-file",
+            DETECTION_CONFIG,
+            "--input",
+            *map(str, photos.values()),
+            "--output",
+            str(out),
+            "--confidence-threshold",
+            "0.0",
+            "--opts",
+            "MODEL.WEIGHTS",
+            shapes_detection_checkpoint,
+        ]
+    )
+    assert summary.failures == [] and len(summary.processed) == len(photos)
+    for name, photo_path in photos.items():
+        photo = read_rgb(photo_path)
+        drawn = read_rgb(out / f"{name}.png")
+        assert drawn.shape == photo.shape, name
+        assert fraction_changed(drawn, photo) > 0.001, f"the detector drew nothing on {name}"
 
 
 def test_detection_draws_boxes_without_masks(run_demo, photos, tmp_path):
