@@ -26,12 +26,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @dataclass
 class Variant:
-    """One configuration: ``config`` file plus ``opts`` (``KEY VALUE`` overrides)."""
+    """One configuration: ``config`` file plus ``opts`` (``KEY VALUE`` overrides).
+
+    ``eval_weights``: evaluate a trained checkpoint instead of training (``train_net.py
+    --eval-only``); a path relative to the repository in which ``{seed}`` is the run's seed.
+    """
 
     name: str
     config: str
     opts: List[str] = field(default_factory=list)
     description: str = ""
+    eval_weights: str = ""
 
 
 def run_variant(variant: Variant, seed: int, out_root: str, extra_opts: Sequence[str]) -> dict:
@@ -47,12 +52,17 @@ def run_variant(variant: Variant, seed: int, out_root: str, extra_opts: Sequence
             with open(timing) as f:
                 seconds = float(f.read())
         return {"results": results, "seconds": seconds}
+    weights = variant.eval_weights.format(seed=seed)
+    if weights and not os.path.isfile(os.path.join(REPO, weights)):
+        raise FileNotFoundError(f"{variant.name} seed {seed}: no checkpoint {weights}")
     cmd = [
         sys.executable,
         os.path.join(REPO, "train_net.py"),
+        *(["--eval-only"] if weights else []),
         "--config-file",
         os.path.join(REPO, variant.config),
         *variant.opts,
+        *(["MODEL.WEIGHTS", os.path.join(REPO, weights)] if weights else []),
         *extra_opts,
         "SEED",
         str(seed),
@@ -72,6 +82,24 @@ def run_variant(variant: Variant, seed: int, out_root: str, extra_opts: Sequence
         f.write(f"{seconds:.1f}")
     with open(results_path) as f:
         return {"results": json.load(f), "seconds": seconds}
+
+
+def revision() -> str:
+    """The checkout's commit (``+ uncommitted changes`` when the tracked files differ)."""
+    try:
+        git = ["git", "-C", REPO]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" + uncommitted changes" if dirty else "")
 
 
 def _metric(results: dict, task: str, key: str) -> float:
@@ -135,6 +163,7 @@ def run_ablation(
     summary = {
         "title": title,
         "date": datetime.date.today().isoformat(),
+        "revision": revision(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
         "command": command,
         "seeds": list(seeds),
@@ -149,7 +178,8 @@ def run_ablation(
     lines = [
         f"# {title}",
         "",
-        f"Produced by `{command}` on {summary['date']} ({summary['machine']}).",
+        f"Produced by `{command}` on {summary['date']} at revision {summary['revision']} "
+        f"({summary['machine']}).",
         f"Seeds {list(seeds)}; mean ± sample standard deviation over seeds.",
         "",
         "| variant | " + " | ".join(metric_names) + " | per-seed | overrides |",
