@@ -703,12 +703,22 @@ def _fmt(value: Optional[float], spec: str = ".1f", suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _markdown_table(title: str, columns: str, rows: List[List[str]]) -> List[str]:
+    """A section: ``## title`` and a table; ``columns`` is ``"name:align | ..."`` with align
+    ``l`` (left) or ``r`` (right)."""
+    names, aligns = zip(*(c.strip().rsplit(":", 1) for c in columns.split("|")))
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in aligns) + "|"
+    body = ["| " + " | ".join(cells) + " |" for cells in rows]
+    return [f"## {title}", "", "| " + " | ".join(names) + " |", rule, *body, ""]
+
+
 def markdown_report(result: dict) -> str:
     meta, rows = result["meta"], result["rows"]
     lines = [
         f"# Benchmark: {meta['device']} ({meta['device_name']}, {meta['torch_threads']} threads)",
         "",
-        f"torch {meta['torch']}, Python {meta['python']}, {meta['date']}; load average "
+        f"Revision {meta.get('revision', 'unknown')}; torch {meta['torch']}, Python "
+        f"{meta['python']}, {meta['date']}; load average "
         f"{meta['load_average_1_5_15min']['start'][:1]} -> "
         f"{meta['load_average_1_5_15min']['end'][:1]}.",
         f"Command: `{meta['command']}`; median of {meta['repeats']} after {meta['warmup']} "
@@ -719,79 +729,87 @@ def markdown_report(result: dict) -> str:
     ]
     for suite in SUITES:
         mine = [r for r in rows if r["suite"] == suite]
-        if not mine:
-            continue
-        lines += [
-            f"## {suite}",
-            "",
-            "| model | input | batch | mode | params (M) | GMACs | latency (ms) | throughput "
-            "(img/s) | peak memory (MiB) |",
-            "|---|---|---:|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in mine:
-            lines.append(
-                f"| {r['model']} | {r['height']}x{r['width']} | {r['batch']} | {r['mode']} "
-                f"| {r['params_m']:.2f} | {_fmt(r['gmacs'], '.2f')} | {r['latency_ms']:.1f} "
-                f"| {r['throughput_img_s']:.2f} | {_fmt(r['peak_memory_mib'], '.0f')} |"
+        if mine:
+            lines += _markdown_table(
+                suite,
+                "model:l | input:l | batch:r | mode:l | params (M):r | GMACs:r | latency (ms):r "
+                "| throughput (img/s):r | peak memory (MiB):r",
+                [
+                    [
+                        r["model"],
+                        f"{r['height']}x{r['width']}",
+                        str(r["batch"]),
+                        r["mode"],
+                        f"{r['params_m']:.2f}",
+                        _fmt(r["gmacs"], ".2f"),
+                        f"{r['latency_ms']:.1f}",
+                        f"{r['throughput_img_s']:.2f}",
+                        _fmt(r["peak_memory_mib"], ".0f"),
+                    ]
+                    for r in mine
+                ],
             )
-        lines.append("")
     if result["ratios"]:
-        lines += [
-            "## Ratios ClusterFormer / peer (same run; < 1: ClusterFormer cheaper)",
-            "",
-            "| suite | ClusterFormer | peer | input | batch | mode | latency | peak memory | GMACs "
-            "| params |",
-            "|---|---|---|---|---:|---|---:|---:|---:|---:|",
-        ]
-        for q in result["ratios"]:
-            lines.append(
-                f"| {q['suite']} | {q['clusterformer']} | {q['peer']} | {q['height']}x{q['width']} "
-                f"| {q['batch']} | {q['mode']} | {_fmt(q['latency_ms'], '.2f', 'x')} "
-                f"| {_fmt(q['peak_memory_mib'], '.2f', 'x')} | {_fmt(q['gmacs'], '.2f', 'x')} "
-                f"| {_fmt(q['params_m'], '.2f', 'x')} |"
-            )
-        lines.append("")
+        lines += _markdown_table(
+            "Ratios ClusterFormer / peer (same run; < 1: ClusterFormer cheaper)",
+            "suite:l | ClusterFormer:l | peer:l | input:l | batch:r | mode:l | latency:r "
+            "| peak memory:r | GMACs:r | params:r",
+            [
+                [
+                    q["suite"],
+                    q["clusterformer"],
+                    q["peer"],
+                    f"{q['height']}x{q['width']}",
+                    str(q["batch"]),
+                    q["mode"],
+                    *(_fmt(q[k], ".2f", "x") for k in ("latency_ms", "peak_memory_mib")),
+                    *(_fmt(q[k], ".2f", "x") for k in ("gmacs", "params_m")),
+                ]
+                for q in result["ratios"]
+            ],
+        )
     if result["scaling_exponents"]:
-        lines += [
-            "## Cost growth (exponent of cost against the number of pixels)",
-            "",
-            "| model | latency | peak memory | GMACs |",
-            "|---|---:|---:|---:|",
-        ]
-        for name, e in result["scaling_exponents"].items():
-            lines.append(
-                f"| {name} | {_fmt(e['latency'], '.3f')} | {_fmt(e['peak_memory'], '.3f')} "
-                f"| {_fmt(e['gmacs'], '.3f')} |"
-            )
-        lines.append("")
+        lines += _markdown_table(
+            "Cost growth (exponent of cost against the number of pixels)",
+            "model:l | latency:r | peak memory:r | GMACs:r",
+            [
+                [name, *(_fmt(e[k], ".3f") for k in ("latency", "peak_memory", "gmacs"))]
+                for name, e in result["scaling_exponents"].items()
+            ],
+        )
     if result["flops_vs_method_md"]:
-        lines += [
-            "## GMACs at 224x224 against method.md (analytic, released code, 100 centres)",
-            "",
-            "| model | centres per window | GMACs (ours) | method.md | deviation |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for f in result["flops_vs_method_md"]:
-            lines.append(
-                f"| {f['model']} | {f['centres_per_window']} | {f['gmacs']:.2f} "
-                f"| {f['method_md_gmacs']:.1f} | {f['deviation']:+.1%} |"
-            )
-        lines.append("")
+        lines += _markdown_table(
+            "GMACs at 224x224 against method.md (analytic, released code, 100 centres)",
+            "model:l | centres per window:r | GMACs (ours):r | method.md:r | deviation:r",
+            [
+                [
+                    f["model"],
+                    str(f["centres_per_window"]),
+                    f"{f['gmacs']:.2f}",
+                    f"{f['method_md_gmacs']:.1f}",
+                    f"{f['deviation']:+.1%}",
+                ]
+                for f in result["flops_vs_method_md"]
+            ],
+        )
     if result["compile"]:
-        lines += [
-            "## torch.compile (inductor) against eager, inference",
-            "",
-            "| model | input | eager (ms) | compiled (ms) | speed-up | compile time (s) "
-            "| max abs diff |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for c in result["compile"]:
-            lines.append(
-                f"| {c['model']} | {c['height']}x{c['width']} | {c['eager_ms']:.1f} "
-                f"| {c['compiled_ms']:.1f} | {c['speedup']:.2f}x | {c['compile_s']:.0f} "
-                f"| {c['max_abs_diff']:.1e} |"
-            )
-        lines.append("")
+        lines += _markdown_table(
+            "torch.compile (inductor) against eager, inference",
+            "model:l | input:l | eager (ms):r | compiled (ms):r | speed-up:r "
+            "| compile time (s):r | max abs diff:r",
+            [
+                [
+                    c["model"],
+                    f"{c['height']}x{c['width']}",
+                    f"{c['eager_ms']:.1f}",
+                    f"{c['compiled_ms']:.1f}",
+                    f"{c['speedup']:.2f}x",
+                    f"{c['compile_s']:.0f}",
+                    f"{c['max_abs_diff']:.1e}",
+                ]
+                for c in result["compile"]
+            ],
+        )
     lines += ["## Targets", ""] + [f"* {t}" for t in result["targets"]] + [""]
     return "\n".join(lines)
 

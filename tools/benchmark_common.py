@@ -12,6 +12,7 @@ import datetime
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, Dict, List, Optional
@@ -75,11 +76,34 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
 
 
+def code_revision() -> str:
+    """The git commit of the code measured (``+ uncommitted changes`` when tracked files differ),
+    or "unknown" outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes" if dirty else "")
+
+
 def run_metadata(device: str) -> Dict[str, object]:
-    """Command, date, machine and library versions of a benchmark run."""
+    """Command, date, code revision, machine and library versions of a benchmark run."""
     return {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "revision": code_revision(),
         "device": device,
         "device_name": device_name(device),
         "cpu_count": os.cpu_count(),

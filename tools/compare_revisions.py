@@ -1,15 +1,24 @@
 #!/usr/bin/env python
-"""Before/after figures of an optimisation: ``tools/benchmark.py`` on two revisions, alternately.
+"""Before/after figures of an optimisation: two revisions measured alternately.
 
+    # the benchmark's suites, each revision in its own processes
     PYTHONPATH=$PWD python tools/compare_revisions.py 973211c --rounds 3 -- \\
         --suites components panoptic --threads 1 --timer cpu --no-memory --no-flops
+    # the model core of both revisions in one process
+    PYTHONPATH=$PWD python tools/compare_revisions.py 973211c --in-process
 
-The "before" revision is checked out into a temporary git worktree; the benchmark scripts of the
-working tree are copied into it (so both sides measure the same things the same way), and so is
-the compiled extension when ``clusterformer/csrc`` and ``setup.py`` did not change (otherwise it
-is rebuilt there). The two trees then run the benchmark in turn, ``--rounds`` times, each in a
-fresh process, so that a change in the machine's load hits both; the table reports, per measured
-row, the median over rounds of each side's median latency and the ratio after / before.
+The "before" revision is checked out into a temporary git worktree, with the compiled extension
+copied from the working tree when ``clusterformer/csrc`` and ``setup.py`` did not change
+(otherwise rebuilt there).
+
+* Default mode: the benchmark scripts of the working tree are copied into it (so both sides
+  measure the same things the same way); the two trees then run ``tools/benchmark.py`` in turn,
+  ``--rounds`` times, each in a fresh process, so that a change in the machine's load hits both;
+  per measured row, the median over rounds of each side's median latency.
+* ``--in-process``: the before revision's package is imported under another name next to the
+  working tree's, and the ClusterFormer-T backbone (224 and 512, inference and training step)
+  and panoptic model (512, inference) of both, with the same weights, are timed alternately
+  call by call in one process (no process-to-process variance); the outputs are compared too.
 
 Writes ``<output-dir>/revisions_<device><suffix>.json`` and ``.md``.
 """
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib
 import json
 import os
 import shutil
@@ -26,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 from typing import Dict, List, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK_FILES = ("tools/benchmark.py", "tools/benchmark_common.py", "tools/count_params_flops.py")
@@ -77,6 +89,68 @@ def combine(results: List[dict]) -> Dict[Tuple, float]:
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
+def measure_in_process(tree: str, temp: str, args: argparse.Namespace) -> Tuple[list, dict]:
+    """Rows ``{..., before_ms, after_ms}`` of the model core of both revisions in this process."""
+    import torch
+    from benchmark import MainOutputs, image_inputs, make_step
+    from benchmark_common import median_seconds, run_metadata, time_alternating
+
+    alias = os.path.join(temp, "alias")
+    shutil.copytree(
+        os.path.join(tree, "clusterformer"), os.path.join(alias, "clusterformer_before")
+    )
+    sys.path.insert(0, alias)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sides = {
+        "before": importlib.import_module("clusterformer_before.modeling.segmenter"),
+        "after": importlib.import_module("clusterformer.modeling.segmenter"),
+    }
+    cases = [
+        ("ClusterFormer-T backbone", s, mode) for s in (224, 512) for mode in ("inference", "train")
+    ]
+    cases.append(("ClusterFormer-T panoptic", 512, "inference"))
+    rows = []
+    for name, size, mode in cases:
+        models = {}
+        for side, module in sides.items():
+            torch.manual_seed(0)
+            if name.endswith("backbone"):
+                models[side] = module.build_clusterformer_backbone("tiny")
+            else:
+                models[side] = module.build_clusterformer_segmenter(133, backbone="tiny")
+        models["after"].load_state_dict(models["before"].state_dict())
+        inputs = image_inputs(size, size)(1, "cpu")
+        with torch.no_grad():
+            keys = ("pred_logits", "pred_masks") if name.endswith("panoptic") else None
+            outs = {k: MainOutputs(m.eval(), keys)(*inputs) for k, m in models.items()}
+        diff = max((a - b).abs().max().item() for a, b in zip(outs["before"], outs["after"]))
+        steps = {k: make_step(m, inputs, mode, "cpu", False, True) for k, m in models.items()}
+        latency = median_seconds(time_alternating(steps, "cpu", 1, args.repeats, "wall"))
+        row = {
+            "suite": "in-process",
+            "model": name,
+            "height": size,
+            "width": size,
+            "batch": 1,
+            "mode": mode,
+            "before_ms": latency["before"] * 1e3,
+            "after_ms": latency["after"] * 1e3,
+            "max_abs_output_diff": diff,
+        }
+        print(
+            f"[in-process] {name} {size} {mode}: before {row['before_ms']:.1f} ms, after "
+            f"{row['after_ms']:.1f} ms, max |output diff| {diff:.1e}",
+            flush=True,
+        )
+        rows.append(row)
+    meta = {
+        **run_metadata("cpu"),
+        "timer": f"wall-clock time, median of {args.repeats} after 1 warm-up, the two revisions alternating call by call",
+    }
+    return rows, meta
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,6 +160,9 @@ def main() -> None:
     parser.add_argument("--output-dir", default=os.path.join(REPO, "docs", "benchmarks"))
     parser.add_argument("--suffix", default="")
     parser.add_argument("--work-dir", default=None, help="keep the per-round results here")
+    parser.add_argument("--in-process", action="store_true", help="see the module docstring")
+    parser.add_argument("--repeats", type=int, default=7, help="--in-process repeats")
+    parser.add_argument("--threads", type=int, default=None, help="--in-process threads")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -98,36 +175,44 @@ def main() -> None:
     tree = os.path.join(temp, "before")
     try:
         prepare_worktree(args.before, tree)
-        runs: Dict[str, List[dict]] = {"before": [], "after": []}
-        for i in range(args.rounds):
-            runs["before"].append(run_benchmark(tree, "before", i, args))
-            runs["after"].append(run_benchmark(REPO, "after", i, args))
+        if args.in_process:
+            rows, meta = measure_in_process(tree, temp, args)
+            how = "one process, the revisions alternating call by call"
+        else:
+            runs: Dict[str, List[dict]] = {"before": [], "after": []}
+            for i in range(args.rounds):
+                runs["before"].append(run_benchmark(tree, "before", i, args))
+                runs["after"].append(run_benchmark(REPO, "after", i, args))
+            before, after = combine(runs["before"]), combine(runs["after"])
+            rows = [
+                {**dict(zip(ROW_KEY, key)), "before_ms": before[key], "after_ms": after.get(key)}
+                for key in before
+            ]
+            meta = dict(runs["after"][0]["meta"])
+            how = (
+                f"per side, the median over {args.rounds} alternating rounds of the benchmark's "
+                "median latency"
+            )
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=REPO)
-    before, after = combine(runs["before"]), combine(runs["after"])
-    meta = dict(runs["after"][0]["meta"])
     meta.update(
         {
             "before": before_rev,
             "after": after_rev + (" + uncommitted changes" if dirty else ""),
-            "rounds": args.rounds,
+            "rounds": None if args.in_process else args.rounds,
             "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         }
     )
-    rows = [
-        {**dict(zip(ROW_KEY, key)), "before_ms": before[key], "after_ms": after.get(key)}
-        for key in before
-    ]
     lines = [
         f"# Before / after: {meta['before']} -> {meta['after']}",
         "",
         f"{meta['device']} ({meta['device_name']}, {meta['torch_threads']} threads), torch "
         f"{meta['torch']}, {meta['date']}; {meta['timer']}.",
-        f"Command: `{meta['command']}`; per side, the median over {args.rounds} alternating "
-        "rounds of the benchmark's median latency.",
+        f"Command: `{meta['command']}`; {how}.",
         "",
-        "| suite | model | input | batch | mode | before (ms) | after (ms) | after / before |",
-        "|---|---|---|---:|---|---:|---:|---:|",
+        "| suite | model | input | batch | mode | before (ms) | after (ms) | after / before "
+        + ("| max abs output diff |" if args.in_process else "|"),
+        "|---|---|---|---:|---|---:|---:|---:|" + ("---:|" if args.in_process else ""),
     ]
     for r in rows:
         ratio = r["after_ms"] / r["before_ms"] if r["after_ms"] else None
@@ -136,9 +221,11 @@ def main() -> None:
             f"| {r['suite']} | {r['model']} | {r['height']}x{r['width']} | {r['batch']} "
             f"| {r['mode']} | {r['before_ms']:.1f} | "
             + ("n/a | n/a |" if ratio is None else f"{r['after_ms']:.1f} | {ratio:.2f}x |")
+            + (f" {r['max_abs_output_diff']:.1e} |" if args.in_process else "")
         )
     os.makedirs(args.output_dir, exist_ok=True)
-    stem = os.path.join(args.output_dir, f"revisions_{meta['device']}{args.suffix}")
+    kind = "revisions_inprocess" if args.in_process else "revisions"
+    stem = os.path.join(args.output_dir, f"{kind}_{meta['device']}{args.suffix}")
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     with open(stem + ".md", "w") as f:

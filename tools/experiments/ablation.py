@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from benchmark_common import code_revision  # noqa: E402
 
 
 @dataclass
@@ -82,24 +84,6 @@ def run_variant(variant: Variant, seed: int, out_root: str, extra_opts: Sequence
         f.write(f"{seconds:.1f}")
     with open(results_path) as f:
         return {"results": json.load(f), "seconds": seconds}
-
-
-def revision() -> str:
-    """The checkout's commit (``+ uncommitted changes`` when the tracked files differ)."""
-    try:
-        git = ["git", "-C", REPO]
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" + uncommitted changes" if dirty else "")
 
 
 def _metric(results: dict, task: str, key: str) -> float:
@@ -163,7 +147,7 @@ def run_ablation(
     summary = {
         "title": title,
         "date": datetime.date.today().isoformat(),
-        "revision": revision(),
+        "revision": code_revision(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
         "command": command,
         "seeds": list(seeds),
