@@ -14,24 +14,16 @@ from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG, run_train_net
 DETECTION_CONFIG = "configs/shapes/detection/clusterformer_nano.yaml"
 
 
-@pytest.fixture(scope="session")
-def shapes_panoptic_checkpoint(tmp_path_factory) -> str:
-    """``model_final.pth`` of the shapes panoptic nano model after 40 iterations (after 20, whether
-    it predicted any object class on a photograph depended on the thread count)."""
-    out = tmp_path_factory.mktemp("shapes_panoptic")
+def _train_checkpoint(tmp_path_factory, name: str, config: str, *opts: str) -> str:
+    """Train ``config`` through train_net.py with ``opts`` (no evaluation, no periodic
+    checkpoint); return its ``model_final.pth``."""
+    out = tmp_path_factory.mktemp(name)
     run_train_net(
         "--config-file",
-        PANOPTIC_CONFIG,
+        config,
         "OUTPUT_DIR",
         str(out),
-        "SOLVER.MAX_ITER",
-        "40",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "SOLVER.BASE_LR",
-        "0.002",
-        "SOLVER.WARMUP_ITERS",
-        "0",
+        *opts,
         "SOLVER.CHECKPOINT_PERIOD",
         "1000",
         "DATALOADER.NUM_WORKERS",
@@ -46,48 +38,41 @@ def shapes_panoptic_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def shapes_panoptic_checkpoint(tmp_path_factory) -> str:
+    """``model_final.pth`` of the shapes panoptic nano model after 40 iterations (after 20, whether
+    it predicted any object class on a photograph depended on the thread count)."""
+    return _train_checkpoint(
+        tmp_path_factory,
+        "shapes_panoptic",
+        PANOPTIC_CONFIG,
+        "SOLVER.MAX_ITER",
+        "40",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.BASE_LR",
+        "0.002",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+    )
+
+
+@pytest.fixture(scope="session")
 def shapes_classification_checkpoint(tmp_path_factory) -> str:
     """``model_final.pth`` of the shapes classifier after 5 iterations."""
-    out = tmp_path_factory.mktemp("shapes_classification")
-    run_train_net(
-        "--config-file",
+    return _train_checkpoint(
+        tmp_path_factory,
+        "shapes_classification",
         CLS_CONFIG,
-        "OUTPUT_DIR",
-        str(out),
         "SOLVER.MAX_ITER",
         "5",
         "SOLVER.IMS_PER_BATCH",
         "8",
-        "SOLVER.CHECKPOINT_PERIOD",
-        "1000",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        "DATASETS.TEST",
-        "()",
     )
-    path = out / "model_final.pth"
-    assert path.is_file()
-    return str(path)
 
 
 @pytest.fixture(scope="session")
 def shapes_detection_checkpoint(tmp_path_factory) -> str:
     """``model_final.pth`` of the box-only shapes detector after 10 iterations."""
-    out = tmp_path_factory.mktemp("shapes_detection")
-    run_train_net(
-        "--config-file",
-        DETECTION_CONFIG,
-        "OUTPUT_DIR",
-        str(out),
-        "SOLVER.MAX_ITER",
-        "10",
-        "SOLVER.CHECKPOINT_PERIOD",
-        "1000",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-        "DATASETS.TEST",
-        "()",
+    return _train_checkpoint(
+        tmp_path_factory, "shapes_detection", DETECTION_CONFIG, "SOLVER.MAX_ITER", "10"
     )
-    path = out / "model_final.pth"
-    assert path.is_file()
-    return str(path)

@@ -31,7 +31,19 @@ def test_classifier_trains_and_is_evaluated(tmp_path):
     results = read_eval(out)["classification"]
     assert results["num_images"] == 100  # the whole shapes_cls_val split, once
     assert 0.0 <= results["top1"] <= 100.0 and results["top5"] == 100.0  # 4 classes
-    assert (out / "model_final.pth").is_file()
+    # The saved weights are the evaluated ones: --eval-only on them gives the same top-1.
+    reloaded = tmp_path / "eval_only"
+    run_train_net(
+        "--config-file",
+        CLS_CONFIG,
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        str(out / "model_final.pth"),
+        "OUTPUT_DIR",
+        str(reloaded),
+    )
+    again = read_eval(reloaded)["classification"]
+    assert (again["top1"], again["num_images"]) == (results["top1"], 100)
 
 
 def test_two_process_cpu_training(tmp_path):
