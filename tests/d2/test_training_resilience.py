@@ -9,6 +9,9 @@ config's random augmentation on (RandomResizedCrop + flip), logging every iterat
   end; with 2, 1 and 0 data-loader workers in turn (the reference has 0);
 * the same config on two processes (gloo, ``--num-gpus 2``) with the same total batch.
 
+The panoptic segmenter (point-sampled losses, random augmentation)
+gets the same determinism and resume checks on a shorter run.
+
 One thread per process (``OMP_NUM_THREADS=1``): the reference and the two-process run then use the
 same CPU kernels, and the shared 2-core machine is not oversubscribed.
 """
@@ -22,6 +25,7 @@ import pytest
 from train_net_helpers import (
     CLS_CONFIG,
     FAULT_INJECTION_SCRIPT,
+    PANOPTIC_CONFIG,
     read_metrics,
     run_train_net,
 )
@@ -176,3 +180,46 @@ def test_nan_loss_stops_training_naming_iteration_and_terms(tmp_path):
     with open(out / "last_checkpoint") as f:
         assert f.read() == "model_0000001.pth"
     assert not (out / "model_final.pth").exists()
+
+
+def test_segmenter_is_deterministic_and_resumes_with_the_same_losses(tmp_path):
+    """Every random draw of the model (the point sampling) is seeded per iteration, and
+    the loader's by stream position, so a repeated run and a SIGTERM + ``--resume`` chain log
+    the reference run's losses exactly."""
+    common = (
+        "--config-file",
+        PANOPTIC_CONFIG,
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100",
+        "SOLVER.LOG_PERIOD",
+        "1",
+        "DATASETS.TEST",
+        "()",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SEED",
+        "3",
+    )
+    runs = {}
+    for name in ("reference", "repeat"):
+        out = tmp_path / name
+        run_train_net(*common, "OUTPUT_DIR", str(out), env=ONE_THREAD)
+        runs[name] = losses_by_iteration(read_metrics(out))
+    assert sorted(runs["reference"]) == [0, 1, 2, 3]
+    assert runs["repeat"] == runs["reference"]
+    out = str(tmp_path / "interrupted")
+    run_train_net(
+        *common,
+        "OUTPUT_DIR",
+        out,
+        script=FAULT_INJECTION_SCRIPT,
+        script_args=("--fault", "sigterm@1", "--"),
+        expect_returncode=SIGTERM_EXIT,
+        env=ONE_THREAD,
+    )
+    run_train_net("--resume", *common, "OUTPUT_DIR", out, env=ONE_THREAD)
+    assert losses_by_iteration(read_metrics(out)) == runs["reference"]
