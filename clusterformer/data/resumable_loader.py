@@ -320,6 +320,10 @@ class ResumableTrainLoader:
             num_workers=self.num_workers,
             collate_fn=_collate_list,
             worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            # The iterator draws its base seed from this generator, not from the global RNG:
+            # the iterator is created at the first batch, i.e. in the first iteration of a run
+            # (0, or the resumed one), after IterationSeed has seeded the model's draws.
+            generator=torch.Generator().manual_seed(derive_seed(self.dataset.seed, "loader")),
         )
         self._iterator = iter(loader)
         return self._iterator
