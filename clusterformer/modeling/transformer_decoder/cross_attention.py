@@ -67,16 +67,27 @@ def _check_inputs(queries: Tensor, pixels: Tensor, allowed: Optional[Tensor], na
         )
 
 
-def _restricted_logits(logits: Tensor, excluded: Optional[Tensor]) -> Tensor:
-    """Fill the excluded entries of freshly computed logits in place.
+def _centre_softmax(
+    centre_queries: Tensor, pixel_keys_t: Tensor, excluded: Optional[Tensor], scale: float
+) -> Tensor:
+    """The E-step's softmax over the centre axis, in fp32 (call with autocast off).
 
-    A finite fill (not -inf) keeps the softmax of a pixel excluded by every centre finite
-    (uniform), and its gradient finite; the callers then take that pixel out of the update.
-    In place is safe: the product that made the logits does not need them for its backward.
+    Args:
+        centre_queries: ``(B, M, Q, d)``.
+        pixel_keys_t: ``(B, M, d, N)`` fp32, the keys transposed.
+        excluded: ``(B, 1, Q, N)`` bool, True where a centre may not take a pixel, or ``None``.
+        scale: logit scale; applied to the ``(Q, d)`` queries, cheaper than to ``(Q, N)``.
+
+    Returns:
+        ``(B, M, Q, N)``. Excluded entries get a finite fill (not -inf), so a pixel excluded by
+        every centre gets a finite (uniform) softmax and gradient; callers take such pixels out
+        of the update. The fill is in place: the product that made the logits does not need
+        them for its backward.
     """
-    if excluded is None:
-        return logits
-    return logits.masked_fill_(excluded, torch.finfo(logits.dtype).min)
+    logits = torch.matmul(centre_queries.float() * scale, pixel_keys_t)
+    if excluded is not None:
+        logits = logits.masked_fill_(excluded, torch.finfo(logits.dtype).min)
+    return logits.softmax(dim=2)
 
 
 def clustering_assignment(
@@ -100,11 +111,11 @@ def clustering_assignment(
         ``(B, M, Q, N)`` fp32.
     """
     with torch.autocast(device_type=centre_queries.device.type, enabled=False):
-        logits = torch.matmul(centre_queries.float() * scale, pixel_keys.float().transpose(-2, -1))
+        keys_t = pixel_keys.float().transpose(-2, -1)
         if allowed is None:
-            return logits.softmax(dim=2)
+            return _centre_softmax(centre_queries, keys_t, None, scale)
         excluded = ~allowed[:, None]
-        return _restricted_logits(logits, excluded).softmax(dim=2).masked_fill(excluded, 0.0)
+        return _centre_softmax(centre_queries, keys_t, excluded, scale).masked_fill(excluded, 0.0)
 
 
 def cluster_means(assignment: Tensor, pixel_values: Tensor, eps: float = 1e-6) -> Tensor:
@@ -245,9 +256,8 @@ class ClusteringCrossAttention(QueryPixelAttention):
                 self.q_proj(normed if query_pos is None else normed + query_pos), self.n_heads
             )
             with torch.autocast(device_type=queries.device.type, enabled=False):
-                # E-step, softmax over the centres; scaling (Q, d) is cheaper than (Q, N).
-                logits = torch.matmul(centre_q.float() * self.scale, keys_t)  # (B, M, Q, N)
-                assignment = _restricted_logits(logits, excluded).softmax(dim=2)
+                # E-step: softmax over the centres.
+                assignment = _centre_softmax(centre_q, keys_t, excluded, self.scale)
                 # M-step: assignment-weighted means of the values (fp32).
                 summed = torch.matmul(assignment, values_and_weight)  # (B, M, Q, d + 1)
                 means = summed[..., :-1] / summed[..., -1:].clamp_min(self.eps)
