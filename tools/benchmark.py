@@ -547,28 +547,36 @@ def measure_group(
 
 # ---- suites -------------------------------------------------------------------------------
 def suite_groups(suite: str, args: argparse.Namespace) -> List[Group]:
+    """The groups a suite measures: (input size, batch, mode) cases, each with the suite's
+    contenders (:func:`contenders_of`, which the memory child processes rebuild too)."""
+    square = lambda sizes: [(s, s) for s in sizes]  # noqa: E731
     if suite == "backbones":
-        return [
-            Group(suite, backbone_contenders(args.size_classes, s, s), (s, s), b, mode)
-            for s in args.backbone_sizes
+        cases = [
+            (size, b, mode)
+            for size in square(args.backbone_sizes)
             for b in args.batch_sizes
             for mode in MODES
         ]
-    if suite == "panoptic":
-        h, w = args.panoptic_size
-        return [Group(suite, panoptic_contenders(h, w), (h, w), b, "inference") for b in [1]]
-    if suite == "scaling":
-        return [
-            Group(suite, backbone_contenders(["tiny"], s, s), (s, s), 1, "inference")
-            for s in args.scaling_sizes
-        ]
-    if suite == "components":
-        return [
-            Group(suite, component_contenders(s), (s, s), 1, mode, optimize=False)
-            for s in args.component_sizes
-            for mode in MODES
-        ]
-    raise ValueError(suite)
+    elif suite == "panoptic":
+        cases = [(tuple(args.panoptic_size), 1, "inference")]
+    elif suite == "scaling":
+        cases = [(size, 1, "inference") for size in square(args.scaling_sizes)]
+    elif suite == "components":
+        cases = [(size, 1, mode) for size in square(args.component_sizes) for mode in MODES]
+    else:
+        raise ValueError(suite)
+    return [
+        Group(
+            suite,
+            contenders_of(suite, size, args.size_classes),
+            size,
+            batch,
+            mode,
+            # Components: forward + backward only, no optimiser step.
+            optimize=suite != "components",
+        )
+        for size, batch, mode in cases
+    ]
 
 
 def fitted_exponent(pixels: Sequence[float], costs: Sequence[float]) -> Optional[float]:
@@ -875,8 +883,8 @@ def plot(result: dict, stem: str) -> List[str]:
                 )
                 for g in groups
             ]
-            ax.bar([i + j * width for i in range(len(groups))], values, width, label=name,
-                   color=colour(name))  # fmt: skip
+            positions = [i + j * width for i in range(len(groups))]
+            ax.bar(positions, values, width, label=name, color=colour(name))
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
         ax.set_xticklabels([f"{h}x{w} b{b}\n{m}" for h, w, b, m in groups], fontsize=8)
         ax.set_ylabel("median latency (ms)")
@@ -894,11 +902,13 @@ def plot(result: dict, stem: str) -> List[str]:
             pts = [r for r in mine if r["model"] == name]
             mp = [r["height"] * r["width"] / 1e6 for r in pts]
             e = result["scaling_exponents"][name]
-            axes[0].loglog(mp, [r["latency_ms"] for r in pts], "o-", color=colour(name),
-                           label=f"{name} (exponent {_fmt(e['latency'], '.2f')})")  # fmt: skip
+            style = {"color": colour(name)}
+            label = f"{name} (exponent {_fmt(e['latency'], '.2f')})"
+            axes[0].loglog(mp, [r["latency_ms"] for r in pts], "o-", label=label, **style)
             if all(r["peak_memory_mib"] for r in pts):
-                axes[1].loglog(mp, [r["peak_memory_mib"] for r in pts], "o-", color=colour(name),
-                               label=f"{name} (exponent {_fmt(e['peak_memory'], '.2f')})")  # fmt: skip
+                label = f"{name} (exponent {_fmt(e['peak_memory'], '.2f')})"
+                memory = [r["peak_memory_mib"] for r in pts]
+                axes[1].loglog(mp, memory, "o-", label=label, **style)
         axes[0].set_ylabel("median latency (ms)")
         axes[1].set_ylabel("peak memory (MiB)")
         for ax in axes:
