@@ -187,6 +187,22 @@ def _tokens_to_input(tokens: Tensor, stride: int, input_hw: Tuple[int, int]) -> 
     return np.ascontiguousarray(values[..., : input_hw[0], : input_hw[1]])
 
 
+def decoder_cluster_ids(assignment: Tensor) -> Tensor:
+    """The decoder's cluster map: ``(Q, h, w)`` assignment (the ``cluster_assignment`` output,
+    the last E-step's weights of every pixel over the queries) -> ``(h, w)`` int64, the query of
+    largest weight at each pixel (``argmax(0)``), and -1 at the pixels every query's mask excluded
+    (all weights 0). Those pixels belong to no cluster; ``argmax`` alone would put them in query 0.
+    """
+    if assignment.dim() != 3:
+        raise ValueError(
+            f"cluster_assignment must be (Q, h, w), got shape {tuple(assignment.shape)}"
+        )
+    assignment = assignment.float()
+    ids = assignment.argmax(0)
+    ids[assignment.sum(0) <= 0] = -1
+    return ids
+
+
 @dataclass
 class ClusterMaps:
     """The cluster assignments of one image, at the model input's resolution.
@@ -199,8 +215,9 @@ class ClusterMaps:
         backbone_windows: per stage, ``(heads, H_in, W_in)`` int64 window index of each pixel.
         backbone_strides: per stage, its stride.
         decoder: ``(H_in, W_in)`` int64 query each pixel is assigned to by the decoder's last
-            E-step (``cluster_assignment.argmax(0)``), -1 where no query may take the pixel;
-            None for a model without a clustering decoder.
+            E-step (``cluster_assignment.argmax(0)``), -1 at pixels every query's mask excluded
+            (``cluster_assignment.sum(0) == 0``; see :func:`decoder_cluster_ids`); None for a
+            model without a clustering decoder.
         decoder_stride: the stride the decoder's assignment was computed at.
         query_classes: ``(Q,)`` each query's most likely class in the final predictions;
             ``num_classes`` = "no object".
@@ -341,10 +358,8 @@ class ClusterFormerPredictor:
             maps.backbone_strides[name] = stride
 
         if "cluster_assignment" in outputs and "assignment_hw" in captured:
-            assignment = outputs["cluster_assignment"].float()  # (Q, h, w)
             stride = captured["padded_hw"][0] // captured["assignment_hw"][0]
-            query = assignment.argmax(0)
-            query[assignment.sum(0) <= 0] = -1  # pixels every query's mask excluded
+            query = decoder_cluster_ids(outputs["cluster_assignment"])
             maps.decoder = _tokens_to_input(query, stride, input_hw)
             maps.decoder_stride = stride
         if "pred_logits" in captured:
