@@ -6,11 +6,14 @@
   happened in between (evaluation, data-loader start-up, a checkpoint load).
 * :class:`CheckpointOnSignal`: on SIGTERM (a cluster pre-empting or cancelling the job) finishes
   the current iteration, saves ``model_<iteration>.pth`` and exits with status ``128 + signal``.
+  Processes forked while it is installed (evaluation pools such as panopticapi's, data-loader
+  workers) do not inherit its handler: they get the handler that was there before it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Callable, Dict, Optional, Sequence
 
@@ -39,6 +42,31 @@ class TrainingInterrupted(SystemExit):
     """Raised after the checkpoint of an interrupted run is saved; exits with ``code``."""
 
 
+# Signal -> the handler that was installed before CheckpointOnSignal replaced it, for the signals
+# whose handler it currently holds in this process.
+_INSTALLED_HANDLERS: Dict[int, object] = {}
+_FORK_HOOK_REGISTERED = False
+
+
+def _restore_handlers_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: a forked child must not keep the trainer's
+    handler. It would only log the signal and keep running, so a child that its parent stops with
+    SIGTERM never ends: ``multiprocessing.Pool.terminate`` (run by panopticapi's evaluation pool
+    when it is finalised) then waits forever for its workers."""
+    for signum, previous in _INSTALLED_HANDLERS.items():
+        signal.signal(signum, previous)
+    _INSTALLED_HANDLERS.clear()
+
+
+def _register_fork_hook() -> None:
+    # Once per process: at-fork callbacks cannot be unregistered, and the callback does nothing
+    # while no handler is installed.
+    global _FORK_HOOK_REGISTERED
+    if not _FORK_HOOK_REGISTERED and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_restore_handlers_in_child)
+        _FORK_HOOK_REGISTERED = True
+
+
 class CheckpointOnSignal(HookBase):
     """Save a checkpoint and stop when one of ``signals`` arrives (default: SIGTERM).
 
@@ -49,6 +77,12 @@ class CheckpointOnSignal(HookBase):
     The checkpoint is ``model_<iteration>.pth`` with the trainer state, ``last_checkpoint`` points
     at it, and ``--resume`` continues with the next iteration. Then :class:`TrainingInterrupted`
     (a ``SystemExit``) ends the process with status ``128 + signal number`` (143 for SIGTERM).
+
+    Only the installing process handles the signals this way. Children forked with ``os.fork``
+    (``multiprocessing``'s fork start method included) get the previous handlers back right after
+    the fork; a child forked by other means (C code) that still runs the handler restores the
+    previous handler and re-raises the signal to itself, so it ends as it would have without
+    this hook.
     """
 
     def __init__(self, checkpointer, signals: Sequence[int] = (signal.SIGTERM,)):
@@ -56,25 +90,38 @@ class CheckpointOnSignal(HookBase):
         self.signals = tuple(signals)
         self.received: Optional[int] = None
         self._previous: Dict[int, object] = {}
+        self._pid: Optional[int] = None
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            # A child that escaped the at-fork reset: act as if the handler was never installed.
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            os.kill(os.getpid(), signum)
+            return
         logger.warning(
             "Received signal %d: a checkpoint will be saved after this iteration", signum
         )
         self.received = signum
 
     def before_train(self) -> None:
+        self._pid = os.getpid()
+        _register_fork_hook()
         for signum in self.signals:
             try:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                previous = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread: signals cannot be handled here
                 logger.warning(
                     "Not in the main thread: signal %d will not save a checkpoint", signum
                 )
+                continue
+            # None: a handler not installed from Python; the default action is the best guess.
+            self._previous[signum] = previous if previous is not None else signal.SIG_DFL
+            _INSTALLED_HANDLERS[signum] = self._previous[signum]
 
     def after_train(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+            _INSTALLED_HANDLERS.pop(signum, None)
         self._previous.clear()
 
     def _agreed_signal(self) -> int:
