@@ -7,6 +7,10 @@ instance / semantic / panoptic segmentation; the config picks the model, data an
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
     python train_net.py --config-file ... --num-gpus 2        # 2 processes (gloo on CPU, NCCL on GPU)
+    python train_net.py --register my_datasets.py --config-file ... DATASETS.TRAIN '("my_train",)'
+
+``--register FILE`` runs a Python file that registers your data sets (docs/custom_datasets.md)
+in every training process before the config is used.
 
 A run stopped by SIGTERM saves a checkpoint first and exits with status 143; one killed outright
 (SIGKILL, a crash) restarts from its last periodic checkpoint. Either way ``--resume`` continues
@@ -15,6 +19,8 @@ with the same iterations, optimiser, schedule, data order and augmentations (doc
 
 import logging
 import os
+import shlex
+import sys
 
 import torch
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -23,6 +29,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from clusterformer.config_files import load_config
+from clusterformer.data.datasets.user_registration import REGISTER_HELP, run_registration_files
 from clusterformer.engine import ClusterFormerCheckpointer, Trainer
 
 
@@ -33,6 +40,12 @@ def setup(args):
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clusterformer")
+    # After the handlers exist (default_setup logs the parsed arguments; this is the command as
+    # typed, to rerun it from log.txt).
+    if comm.is_main_process():
+        logging.getLogger("clusterformer").info(
+            "Command line: %s", shlex.join([sys.executable, *sys.argv])
+        )
     if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
         # N processes on one machine share its cores; torch's default (all cores each) oversubscribes.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
@@ -40,6 +53,8 @@ def setup(args):
 
 
 def main(args):
+    # In every process (launch starts the workers afresh): each needs the data sets registered.
+    run_registration_files(getattr(args, "register", None) or [])
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -55,9 +70,17 @@ def main(args):
     return trainer.train()
 
 
+def argument_parser():
+    """Detectron2's ``default_argument_parser`` plus ``--register FILE``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--register", action="append", default=[], metavar="FILE", help=REGISTER_HELP
+    )
+    return parser
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    logging.getLogger("clusterformer").info("Command line arguments: %s", args)
+    args = argument_parser().parse_args()
     launch(
         main,
         args.num_gpus,

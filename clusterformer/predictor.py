@@ -22,12 +22,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from torch import Tensor, nn
 
 from .data.dataset_mappers.inference_transform import InputGeometry, build_test_transform
+from .data.datasets.class_metadata import class_metadata
 from .engine.checkpointer import ClusterFormerCheckpointer
 from .modeling.backbone.clusterformer import STAGE_NAMES, STAGE_STRIDES
 
@@ -268,7 +268,8 @@ class ClusterFormerPredictor:
                 f"INPUT.FORMAT={self.input_format!r}: the predictor supports 'RGB' or 'BGR'"
             )
         datasets = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
-        self.metadata = MetadataCatalog.get(datasets[0]) if datasets else Metadata()
+        # class_metadata: names of a data set whose classes Detectron2 reads only on loading.
+        self.metadata = class_metadata(datasets[0]) if datasets else Metadata()
         self.test_transform = build_test_transform(cfg)
         self.model = build_model(self.cfg)
         self.model.eval()

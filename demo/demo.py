@@ -28,6 +28,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.utils.logger import setup_logger
 
 from clusterformer import ClusterFormerPredictor, add_clusterformer_config
+from clusterformer.data.datasets.user_registration import REGISTER_HELP, run_registration_files
 from clusterformer.modeling.backbone.clusterformer import STAGE_NAMES
 from clusterformer.predictor import TASKS, enable_task_outputs, infer_task
 from clusterformer.utils.image_io import UnreadableImageError, read_image_uint8
@@ -47,6 +48,9 @@ def get_parser() -> argparse.ArgumentParser:
         description="ClusterFormer demo: draw predictions (and cluster maps) on images or videos"
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument(
+        "--register", action="append", default=[], metavar="FILE", help=REGISTER_HELP
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--input",
@@ -403,6 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> DemoSummary:
         raise ValueError(
             f"--output {args.output!r} is a file, but there are {len(files)} inputs; give a folder"
         )
+    run_registration_files(args.register)
     cfg, task = setup_cfg(args)
     logger.info("Task: %s", task)
     demo = Demo(cfg, task, args)

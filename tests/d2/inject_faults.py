@@ -81,7 +81,7 @@ def main() -> None:
         rest = rest[1:]
     build_hooks = Trainer.build_hooks
     Trainer.build_hooks = lambda self: fault_hooks(own.fault) + build_hooks(self)
-    args = train_net.default_argument_parser().parse_args(rest)
+    args = train_net.argument_parser().parse_args(rest)
     train_net.launch(train_net.main, args.num_gpus, args=(args,))
 
 

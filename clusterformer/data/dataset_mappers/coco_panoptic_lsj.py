@@ -36,7 +36,7 @@ class COCOPanopticLSJDatasetMapper(DatasetMapperBase):
     def training_arguments(cls, cfg: CfgNode) -> Dict[str, Any]:
         return {
             "augmentations": lsj_augmentations_from_config(cfg),
-            "num_classes": num_classes_for_training(cfg, "stuff_classes"),
+            "num_classes": num_classes_for_training(cfg, cls.CLASS_LIST_KEY),
         }
 
     def map_for_training(self, dataset_dict: Dict[str, Any], image: np.ndarray) -> Dict[str, Any]:

@@ -10,6 +10,8 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 
+from .registry import DATASET_MAPPER_REGISTRY
+
 
 def training_metadata(cfg: CfgNode) -> Metadata:
     """Metadata of the first training data set (an empty ``Metadata`` when there is none)."""
@@ -41,3 +43,10 @@ def ignore_label_for_training(cfg: CfgNode) -> int:
             f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={config_value}; set them to the same value"
         )
     return int(dataset_value)
+
+
+def class_list_key(cfg: CfgNode) -> str:
+    """The metadata class list whose indices are the class ids of ``INPUT.DATASET_MAPPER_NAME``'s
+    mapper (its ``CLASS_LIST_KEY``: ``stuff_classes`` or ``thing_classes``)."""
+    mapper = DATASET_MAPPER_REGISTRY.get(cfg.INPUT.DATASET_MAPPER_NAME)
+    return getattr(mapper, "CLASS_LIST_KEY", "stuff_classes")

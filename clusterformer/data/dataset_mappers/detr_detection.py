@@ -65,6 +65,8 @@ class DETRDetectionDatasetMapper(DatasetMapperBase):
     Testing: see :func:`~.inference.map_for_inference`.
     """
 
+    CLASS_LIST_KEY = "thing_classes"
+
     @configurable
     def __init__(self, is_train: bool = True, *, mask_on: bool = False, **common: Any):
         """
@@ -82,7 +84,7 @@ class DETRDetectionDatasetMapper(DatasetMapperBase):
         return {
             "augmentations": detection_augmentations_from_config(cfg),
             "mask_on": cfg.MODEL.CLUSTER_DECODER.MASK_ON,
-            "num_classes": num_classes_for_training(cfg, "thing_classes"),
+            "num_classes": num_classes_for_training(cfg, cls.CLASS_LIST_KEY),
         }
 
     def map_for_training(self, dataset_dict: Dict[str, Any], image: np.ndarray) -> Dict[str, Any]:

@@ -27,7 +27,13 @@ class DatasetMapperBase(ABC):
     Testing: :func:`~.inference.map_for_inference` with ``augmentations`` (built by
     :meth:`from_config` as ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``).
     Training: ``map_for_training(deep copy of the dict, (H, W, C) uint8 image)``.
+
+    ``CLASS_LIST_KEY``: the metadata list whose indices are the mapper's class ids
+    (``stuff_classes``: every class of a panoptic / semantic data set in Mask2Former's convention;
+    ``thing_classes``: those of an instance / detection data set).
     """
+
+    CLASS_LIST_KEY = "stuff_classes"
 
     @configurable
     def __init__(

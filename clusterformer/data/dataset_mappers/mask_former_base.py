@@ -49,7 +49,7 @@ class MaskFormerRecipeMapperBase(DatasetMapperBase):
             "augmentations": semantic_augmentations_from_config(cfg, ignore_label),
             "ignore_label": ignore_label,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-            "num_classes": num_classes_for_training(cfg, "stuff_classes"),
+            "num_classes": num_classes_for_training(cfg, cls.CLASS_LIST_KEY),
         }
 
     def augment_with_labels(self, image: np.ndarray, labels: np.ndarray) -> AugmentedSample:

@@ -14,11 +14,12 @@ from typing import Any, Dict, List, Sequence, Set
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
+from ...data.dataset_mappers.dataset_info import class_list_key
+from ...data.datasets.class_metadata import check_num_classes, class_metadata
 from ..box_ops import box_xyxy_to_cxcywh
 from ..criterion import SetCriterion
 from ..postprocessing import (
@@ -138,13 +139,23 @@ class ClusterFormer(ClusterFormerSegmenter):
         d = cfg.MODEL.CLUSTER_DECODER
         test = d.TEST
         # Which classes are things comes from the data set (training set first, as Mask2Former).
+        # class_metadata fills what Detectron2 sets only on loading (register_coco_instances).
         datasets = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-        thing_ids = thing_ids_from_metadata(MetadataCatalog.get(datasets[0])) if datasets else set()
+        thing_ids = thing_ids_from_metadata(class_metadata(datasets[0])) if datasets else set()
         if (test.INSTANCE_ON or test.DETECTION_ON) and not thing_ids:
             raise ValueError(
                 "ClusterFormer: MODEL.CLUSTER_DECODER.TEST.INSTANCE_ON / DETECTION_ON need thing "
-                f"classes in the metadata of DATASETS.TRAIN/TEST ({datasets or 'none set'})"
+                f"classes in the metadata of DATASETS.TRAIN/TEST ({datasets or 'none set'}): "
+                "thing_classes / thing_dataset_id_to_contiguous_id, or a json_file with COCO "
+                "'categories'"
             )
+        # The head's classes must be the mapper's class ids, or labels fall outside the head.
+        check_num_classes(
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            datasets,
+            class_list_key(cfg),
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+        )
         return {
             "backbone": backbone,
             "pixel_decoder": build_pixel_decoder(cfg, backbone),
