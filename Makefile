@@ -27,15 +27,31 @@ help:
 # ---- environments -------------------------------------------------------------------------
 # An environment is (re)created when it is missing or its requirements file's content changed:
 # the ready-marker stores the file's hash (not its date, so a checkout that touches the file
-# does not cost a rebuild).
+# does not cost a rebuild). Only a folder this Makefile created is ever deleted: it writes
+# .created-by-makefile right after `python -m venv` (so a half-built one can be redone), and a
+# VENV / MODERN_VENV that exists without that marker or a ready-marker (your own environment, or
+# any other folder) is refused with a message instead of `rm -rf`.
 REF_HASH = $(shell sha256sum requirements/reference.txt | cut -c1-16)
 MODERN_HASH = $(shell sha256sum requirements/modern.txt | cut -c1-16)
+CREATED_MARKER := .created-by-makefile
+
+# $(call refuse_foreign,folder,ready-marker,variable): fail unless the folder is absent or ours.
+define refuse_foreign
+if [ -e "$(1)" ] && [ ! -f "$(1)/$(CREATED_MARKER)" ] && [ ! -f "$(1)/$(2)" ]; then \
+  echo "error: $(1) exists but was not created by this Makefile (no $(1)/$(CREATED_MARKER))," \
+    "so it is not deleted or changed. Delete it yourself to have it created here, or pass" \
+    "another folder: make $(MAKECMDGOALS) $(3)=<new folder>" >&2; \
+  exit 1; \
+fi
+endef
 
 env:
 	@if [ "$$(cat $(VENV)/.reference-ready 2>/dev/null)" != "$(REF_HASH)" ]; then \
+	  $(call refuse_foreign,$(VENV),.reference-ready,VENV); \
 	  echo "==> creating the reference environment in $(VENV) (Python 3.10, torch 2.3.1, detectron2)"; \
 	  rm -rf $(VENV) && \
 	  "$$(tools/find_python.sh 3.10)" -m venv $(VENV) && \
+	  touch $(VENV)/$(CREATED_MARKER) && \
 	  $(PY) -m pip install -q --upgrade "pip<25" "setuptools<70" wheel && \
 	  $(PY) -m pip install -q -r requirements/reference.txt && \
 	  echo "$(REF_HASH)" > $(VENV)/.reference-ready; \
@@ -43,9 +59,11 @@ env:
 
 env-modern:
 	@if [ "$$(cat $(MODERN_VENV)/.modern-ready 2>/dev/null)" != "$(MODERN_HASH)" ]; then \
+	  $(call refuse_foreign,$(MODERN_VENV),.modern-ready,MODERN_VENV); \
 	  echo "==> creating the modern environment in $(MODERN_VENV) (Python 3.11+, torch from PyPI, no detectron2)"; \
 	  rm -rf $(MODERN_VENV) && \
 	  "$$(tools/find_python.sh 3.11 2>/dev/null || tools/find_python.sh 3.12)" -m venv $(MODERN_VENV) && \
+	  touch $(MODERN_VENV)/$(CREATED_MARKER) && \
 	  $(MODERN_PY) -m pip install -q --upgrade pip setuptools wheel && \
 	  $(MODERN_PY) -m pip install -q -r requirements/modern.txt && \
 	  echo "$(MODERN_HASH)" > $(MODERN_VENV)/.modern-ready; \
