@@ -111,6 +111,12 @@ def add_segmentation_config(cfg: CN) -> None:
     d.CLASS_WEIGHT = 2.0
     d.MASK_WEIGHT = 5.0
     d.DICE_WEIGHT = 5.0
+    # Auxiliary losses of kMaX-DeepLab's k-means decoder, 0 = off (the paper trains without
+    # them; docs/design_choices.md measures them): mask-id cross-entropy (softmax over the
+    # queries' mask logits at each pixel, every layer) and a per-pixel semantic cross-entropy on a
+    # 1x1 head over the mask features.
+    d.MASK_ID_WEIGHT = 0.0
+    d.SEMANTIC_WEIGHT = 0.0
     d.TRAIN_NUM_POINTS = 12544
     d.OVERSAMPLE_RATIO = 3.0
     d.IMPORTANCE_SAMPLE_RATIO = 0.75

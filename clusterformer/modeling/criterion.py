@@ -12,6 +12,15 @@ After Hungarian matching, the losses are
 * ``loss_bbox`` / ``loss_giou`` (with ``"boxes"`` in ``losses``): L1 on normalised cxcywh and
   ``1 - GIoU``, summed and divided by the number of targets.
 
+Two auxiliary losses of kMaX-DeepLab's k-means decoder (off by default; docs/design_choices.md):
+
+* ``loss_mask_id`` (``"mask_id"``): at every pixel a target covers, cross-entropy of the softmax
+  over the queries' mask logits against the query matched to that target (mean over those
+  pixels); it makes the masks compete for pixels as the clustering E-step does;
+* ``loss_sem_seg`` (``"semantic"``): per-pixel cross-entropy of ``pred_semantic`` against the
+  class of the target covering the pixel (void pixels ignored); computed once, on the final
+  outputs, since it does not depend on the queries.
+
 With deep supervision every ``outputs["aux_outputs"][i]`` is matched and scored again; its losses
 carry the suffix ``_i``. ``forward`` returns unweighted losses; :meth:`SetCriterion.weight_losses`
 applies the weights.
@@ -35,7 +44,7 @@ from .point_sampling import (
     point_sample,
 )
 
-LOSS_CHOICES = ("labels", "masks", "boxes")
+LOSS_CHOICES = ("labels", "masks", "boxes", "mask_id", "semantic")
 CLASS_LOSS_CHOICES = ("softmax_ce", "sigmoid_focal")
 _SUFFIX = re.compile(r"_\d+$")
 
@@ -68,6 +77,13 @@ def sigmoid_focal_loss(
     return loss.sum() / num_boxes
 
 
+def _downsample_masks(masks: Tensor, size: Sequence[int]) -> Tensor:
+    """``(n, H, W)`` target masks -> ``(n, h, w)`` bool, nearest (pixel-centre) sampling."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks.bool()
+    return F.interpolate(masks[None].float(), size=tuple(size), mode="nearest")[0] > 0.5
+
+
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -79,9 +95,10 @@ class SetCriterion(nn.Module):
         num_classes: ``K`` (without "no object").
         matcher: a :class:`HungarianMatcher`.
         eos_coef: weight of the "no object" class in ``loss_ce`` (softmax CE).
-        class_weight, mask_weight, dice_weight, box_l1_weight, giou_weight: loss weights used by
-            :meth:`weight_losses`.
-        losses: which losses: any of ``"labels"``, ``"masks"``, ``"boxes"``.
+        class_weight, mask_weight, dice_weight, box_l1_weight, giou_weight, mask_id_weight,
+            semantic_weight: loss weights used by :meth:`weight_losses`.
+        losses: which losses: any of ``"labels"``, ``"masks"``, ``"boxes"``, ``"mask_id"``,
+            ``"semantic"``.
         num_points: points per mask (``<= 0``: every pixel of the target resolution, predictions
             upsampled bilinearly; exact but memory-hungry, for tests and small inputs).
         oversample_ratio, importance_sample_ratio: point selection (see
@@ -92,8 +109,8 @@ class SetCriterion(nn.Module):
 
     ``forward(outputs, targets, generator=None) -> {loss name: scalar}``:
         * ``outputs``: ``pred_logits`` ``(B, Q, K + 1)``, ``pred_masks`` ``(B, Q, H, W)``, optional
-          ``pred_boxes`` ``(B, Q, 4)`` normalised cxcywh, optional ``aux_outputs`` (list of dicts
-          with the same keys);
+          ``pred_boxes`` ``(B, Q, 4)`` normalised cxcywh, ``pred_semantic`` ``(B, K, H, W)`` for
+          the semantic loss, optional ``aux_outputs`` (list of dicts with the same keys);
         * ``targets``: ``B`` dicts ``{"labels": (n,) int64, "masks": (n, H', W') bool/float}`` at
           the padded input resolution (the same ``H', W'`` for every image of the batch), plus
           ``"boxes": (n, 4)`` normalised cxcywh for box losses;
@@ -112,6 +129,8 @@ class SetCriterion(nn.Module):
         dice_weight: float = 5.0,
         box_l1_weight: float = 5.0,
         giou_weight: float = 2.0,
+        mask_id_weight: float = 0.0,
+        semantic_weight: float = 0.0,
         losses: Sequence[str] = ("labels", "masks"),
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
@@ -148,6 +167,8 @@ class SetCriterion(nn.Module):
             "loss_dice": dice_weight,
             "loss_bbox": box_l1_weight,
             "loss_giou": giou_weight,
+            "loss_mask_id": mask_id_weight,
+            "loss_sem_seg": semantic_weight,
         }
         class_weights = torch.ones(num_classes + 1)
         class_weights[-1] = eos_coef
@@ -256,6 +277,47 @@ class SetCriterion(nn.Module):
         giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt)))
         return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_masks}
 
+    def loss_mask_id(
+        self,
+        outputs: Dict[str, Tensor],
+        targets: List[Dict[str, Tensor]],
+        indices,
+    ) -> Dict[str, Tensor]:
+        pred_masks = outputs["pred_masks"].float()
+        size = pred_masks.shape[-2:]
+        query_ids = []
+        for target, (src, tgt) in zip(targets, indices):
+            ids = torch.full(size, -100, dtype=torch.int64, device=pred_masks.device)
+            # In target order: where targets overlap, the later one wins (as the semantic loss).
+            order = tgt.argsort()
+            masks = _downsample_masks(target["masks"][tgt[order]], size).to(pred_masks.device)
+            for query, mask in zip(src[order].tolist(), masks):
+                ids[mask] = query
+            query_ids.append(ids)
+        query_ids = torch.stack(query_ids)
+        if not bool((query_ids >= 0).any()):
+            return {"loss_mask_id": pred_masks.sum() * 0.0}
+        return {"loss_mask_id": F.cross_entropy(pred_masks, query_ids, ignore_index=-100)}
+
+    def loss_semantic(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]):
+        if "pred_semantic" not in outputs:
+            raise KeyError(
+                "SetCriterion: 'semantic' loss requested but outputs lack 'pred_semantic'"
+            )
+        logits = outputs["pred_semantic"].float()
+        size = logits.shape[-2:]
+        classes = []
+        for target in targets:
+            labels = torch.full(size, -100, dtype=torch.int64, device=logits.device)
+            masks = _downsample_masks(target["masks"], size).to(logits.device)
+            for label, mask in zip(target["labels"].tolist(), masks):
+                labels[mask] = label
+            classes.append(labels)
+        classes = torch.stack(classes)
+        if not bool((classes >= 0).any()):
+            return {"loss_sem_seg": logits.sum() * 0.0}
+        return {"loss_sem_seg": F.cross_entropy(logits, classes, ignore_index=-100)}
+
     # ---- helpers -----------------------------------------------------------------------------
     @staticmethod
     def _prediction_index(indices) -> Tuple[Tensor, Tensor]:
@@ -297,8 +359,10 @@ class SetCriterion(nn.Module):
                 losses.update(self.loss_labels(outputs, targets, indices, num_masks))
             elif name == "masks":
                 losses.update(self.loss_masks(outputs, targets, indices, num_masks, generator))
-            else:
+            elif name == "boxes":
                 losses.update(self.loss_boxes(outputs, targets, indices, num_masks))
+            elif name == "mask_id":
+                losses.update(self.loss_mask_id(outputs, targets, indices))
         return losses
 
     def forward(
@@ -315,6 +379,8 @@ class SetCriterion(nn.Module):
         num_masks = self.num_target_masks(targets, logits.device)
         main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         losses = self._losses_for(main, targets, num_masks, generator)
+        if "semantic" in self.losses:
+            losses.update(self.loss_semantic(main, targets))
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 for k, v in self._losses_for(aux, targets, num_masks, generator).items():

@@ -256,3 +256,22 @@ def test_eval_mode_predicts_intermediate_masks_at_level_resolution_only(mode):
     for aux_coarse, aux_full in zip(coarse["aux_outputs"], full["aux_outputs"]):
         assert "pred_masks" not in aux_coarse
         torch.testing.assert_close(aux_coarse["pred_logits"], aux_full["pred_logits"])
+
+
+def test_semantic_head_predicts_per_pixel_classes_in_training_only():
+    decoder = _decoder(semantic_head=True)
+    feats, mask_features = _features()
+    out = decoder(feats, mask_features)
+    head = decoder.semantic_head
+    assert out["pred_semantic"].shape == (2, 5, 18, 33)
+    expected = torch.einsum("kc,bchw->bkhw", head.weight[:, :, 0, 0], mask_features)
+    assert torch.allclose(
+        out["pred_semantic"], expected + head.bias[None, :, None, None], atol=1e-5
+    )
+    out["pred_semantic"].sum().backward()
+    assert head.weight.grad.abs().sum() > 0 and mask_features.grad is None
+    decoder.eval()
+    assert "pred_semantic" not in decoder(feats, mask_features)
+    assert _decoder().semantic_head is None
+    with pytest.raises(ValueError, match="semantic_head"):
+        _decoder(semantic_head=True, mask_on=False, box_on=True)

@@ -218,3 +218,46 @@ def test_rejects_mismatched_inputs():
         _criterion(num_points=10, matcher_points=10)(outputs, bad)
     with pytest.raises(ValueError, match="unknown losses"):
         _criterion(losses=("labels", "maskz"))
+
+
+def test_mask_id_and_semantic_losses_equal_hand_computation():
+    """kMaX-DeepLab's auxiliary losses: mask-id CE over queries at covered pixels (overlaps: the
+    later target wins), semantic CE over classes; uncovered pixels ignored."""
+    outputs, targets, matching = _tiny_case()
+    targets[0]["masks"][1, 1, 3] = True  # overlaps target 0 at (1, 3): target 1 wins
+    outputs["pred_semantic"] = torch.randn(2, K, 4, 4, requires_grad=True)
+    outputs["pred_masks"].requires_grad_(True)
+    criterion = _criterion(
+        num_points=0, losses=("labels", "masks", "mask_id", "semantic"), deep_supervision=False
+    )
+    losses = criterion(outputs, targets)
+
+    query_terms, class_terms = [], []
+    for b, target in enumerate(targets):
+        query_of_target = {t: q for q, t in matching[b].items()}
+        for y in range(4):
+            for x in range(4):
+                covering = [t for t in range(len(target["labels"])) if target["masks"][t, y, x]]
+                if not covering:
+                    continue
+                t = covering[-1]
+                masks = outputs["pred_masks"][b, :, y, x]
+                query_terms.append(-masks.log_softmax(0)[query_of_target[t]])
+                sem = outputs["pred_semantic"][b, :, y, x]
+                class_terms.append(-sem.log_softmax(0)[int(target["labels"][t])])
+    assert torch.allclose(losses["loss_mask_id"], torch.stack(query_terms).mean(), atol=1e-6)
+    assert torch.allclose(losses["loss_sem_seg"], torch.stack(class_terms).mean(), atol=1e-6)
+    (losses["loss_mask_id"] + losses["loss_sem_seg"]).backward()
+    assert outputs["pred_semantic"].grad.abs().sum() > 0
+    assert outputs["pred_masks"].grad.abs().sum() > 0
+
+    weighted = _criterion(
+        num_points=0, losses=("labels", "mask_id"), mask_id_weight=0.5
+    ).weight_losses({"loss_mask_id": torch.tensor(2.0)})
+    assert float(weighted["loss_mask_id"]) == 1.0
+
+
+def test_semantic_loss_needs_the_semantic_head_output():
+    outputs, targets, _ = _tiny_case()
+    with pytest.raises(KeyError, match="pred_semantic"):
+        _criterion(num_points=0, losses=("labels", "semantic"))(outputs, targets)

@@ -10,6 +10,7 @@ command) goes to a JSON file and a Markdown table under ``docs/experiments/``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import json
 import os
@@ -41,8 +42,13 @@ class Variant:
     eval_weights: str = ""
 
 
-def run_variant(variant: Variant, seed: int, out_root: str, extra_opts: Sequence[str]) -> dict:
-    """Train + evaluate one (variant, seed); returns ``{"results": ..., "seconds": ...}``."""
+def run_variant(
+    variant: Variant, seed: int, out_root: str, extra_opts: Sequence[str], threads: int = 0
+) -> dict:
+    """Train + evaluate one (variant, seed); returns ``{"results": ..., "seconds": ...}``.
+
+    ``threads`` > 0 sets the run's ``OMP_NUM_THREADS`` (runs in parallel must share the cores).
+    """
     out_dir = os.path.join(out_root, variant.name, f"seed{seed}")
     results_path = os.path.join(out_dir, "eval_results.json")
     if os.path.isfile(results_path):
@@ -72,6 +78,8 @@ def run_variant(variant: Variant, seed: int, out_root: str, extra_opts: Sequence
         out_dir,
     ]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     print(f"[ablation] {variant.name} seed {seed}: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -109,16 +117,27 @@ def run_ablation(
     report_name: str,
     extra_opts: Sequence[str] = (),
     notes: str = "",
+    jobs: int = 1,
 ) -> dict:
     """Run every variant with every seed, then write ``docs/experiments/<report_name>.{json,md}``.
 
     Args:
         metrics: ``(task, key)`` pairs read from ``eval_results.json``, e.g. ``("panoptic_seg", "PQ")``.
         extra_opts: overrides applied to every run (e.g. a shorter schedule).
+        jobs: runs at the same time, each with ``cpu_count // jobs`` threads (run times are then
+            those of a shared machine).
     """
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {
+            (v.name, seed): pool.submit(run_variant, v, seed, out_root, extra_opts, threads)
+            for v in variants
+            for seed in seeds
+        }
+        done = {key: future.result() for key, future in futures.items()}
     rows = []
     for variant in variants:
-        runs = {seed: run_variant(variant, seed, out_root, extra_opts) for seed in seeds}
+        runs = {seed: done[(variant.name, seed)] for seed in seeds}
         row = {
             "variant": variant.name,
             "description": variant.description,

@@ -131,6 +131,7 @@ def build_transformer_decoder(cfg: CfgNode) -> ClusteringTransformerDecoder:
         # The anchors learn only from the first predictions' losses (deep supervision).
         learn_anchor_boxes=d.DEEP_SUPERVISION,
         class_prior_prob=FOCAL_CLASS_PRIOR_PROB if d.CLASS_LOSS == "sigmoid_focal" else None,
+        semantic_head=d.MASK_ON and d.SEMANTIC_WEIGHT > 0,
     )
 
 
@@ -153,6 +154,10 @@ def build_criterion(cfg: CfgNode) -> SetCriterion:
         focal_gamma=d.FOCAL_GAMMA,
     )
     losses = ("labels",) + (("masks",) if d.MASK_ON else ()) + (("boxes",) if d.BOX_ON else ())
+    if d.MASK_ON:
+        losses += (("mask_id",) if d.MASK_ID_WEIGHT > 0 else ()) + (
+            ("semantic",) if d.SEMANTIC_WEIGHT > 0 else ()
+        )
     return SetCriterion(
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         matcher,
@@ -162,6 +167,8 @@ def build_criterion(cfg: CfgNode) -> SetCriterion:
         dice_weight=d.DICE_WEIGHT,
         box_l1_weight=d.BOX_L1_WEIGHT,
         giou_weight=d.GIOU_WEIGHT,
+        mask_id_weight=d.MASK_ID_WEIGHT,
+        semantic_weight=d.SEMANTIC_WEIGHT,
         losses=losses,
         num_points=d.TRAIN_NUM_POINTS,
         oversample_ratio=d.OVERSAMPLE_RATIO,

@@ -84,6 +84,9 @@ class ClusteringTransformerDecoder(nn.Module):
             this off when those are not supervised (no deep supervision), or DDP with
             ``find_unused_parameters=False`` fails on them.
         class_prior_prob: class-bias prior (the sigmoid focal loss wants 0.01); ``None``: default.
+        semantic_head: with ``mask_on``, a 1x1 convolution on the mask features that predicts
+            per-pixel class logits ``pred_semantic`` in training, for kMaX-DeepLab's auxiliary
+            semantic loss (docs/design_choices.md); inference does not use it.
 
     Boxes are normalised ``(cx, cy, w, h)`` on the padded canvas the decoder sees (every feature
     level covers it): token ``(i, j)`` of an ``h x w`` level is the cell
@@ -93,6 +96,7 @@ class ClusteringTransformerDecoder(nn.Module):
         * ``pred_logits`` ``(B, Q, K + 1)``, ``pred_masks`` ``(B, Q, H_m, W_m)`` (``mask_on``;
           mask-feature resolution, stride 4) and ``pred_boxes`` ``(B, Q, 4)`` fp32 (``box_on``)
           of the last layer;
+        * ``pred_semantic`` ``(B, K, H_m, W_m)`` (training with ``semantic_head`` only);
         * ``aux_outputs``: ``L`` dicts with the same keys, the predictions before layer 1,
           ..., before layer ``L`` (deep supervision). In eval mode they carry no
           ``pred_masks``: an intermediate prediction's masks are then predicted only at the
@@ -131,6 +135,7 @@ class ClusteringTransformerDecoder(nn.Module):
         box_refinement_gradient: str = "look_forward_twice",
         learn_anchor_boxes: bool = True,
         class_prior_prob: Optional[float] = None,
+        semantic_head: bool = False,
     ):
         super().__init__()
         name = type(self).__name__
@@ -145,6 +150,8 @@ class ClusteringTransformerDecoder(nn.Module):
             raise ValueError(f"{name}: hidden_dim must be even, got {hidden_dim}")
         if not (mask_on or box_on):
             raise ValueError(f"{name}: predict masks (mask_on), boxes (box_on) or both")
+        if semantic_head and not mask_on:
+            raise ValueError(f"{name}: semantic_head reads the mask features; it needs mask_on")
         if box_refinement_gradient not in BOX_REFINEMENT_GRADIENTS:
             raise ValueError(
                 f"{name}: box_refinement_gradient must be one of {BOX_REFINEMENT_GRADIENTS}, "
@@ -209,6 +216,7 @@ class ClusteringTransformerDecoder(nn.Module):
             box_on=box_on,
             class_prior_prob=class_prior_prob,
         )
+        self.semantic_head = nn.Conv2d(mask_dim, num_classes, 1) if semantic_head else None
 
     def assignment_restriction(
         self, predictions: Dict[str, Tensor], size: Sequence[int]
@@ -354,5 +362,7 @@ class ClusteringTransformerDecoder(nn.Module):
         )
         out: Dict[str, object] = dict(predictions[-1])
         out["aux_outputs"] = predictions[:-1]
+        if self.semantic_head is not None and self.training:
+            out["pred_semantic"] = self.semantic_head(mask_features)
         out[weights_key] = weights.reshape(B, self.num_queries, *last_level_size)
         return out
