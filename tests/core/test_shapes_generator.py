@@ -124,6 +124,21 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(small_root, tmp_
     )
 
 
+def test_more_training_scenes_keep_the_val_split_and_the_first_training_scenes(
+    small_root, tmp_path
+):
+    """The larger training set (shapes3k) is evaluated on the default set's val split: adding
+    training scenes must not change a val byte or an earlier training scene."""
+    generate_shapes(str(tmp_path / "more"), dataclasses.replace(SMALL, num_train_images=7))
+    first, more = _tree(small_root), _tree(str(tmp_path / "more"))
+    val = [n for n in first if n.split(os.sep)[0] in ("val", "panoptic_val", "panoptic_semseg_val")]
+    val += [os.path.join("annotations", f"{kind}_val.json") for kind in ("instances", "panoptic")]
+    assert len(val) > 2 and all(first[n] == more[n] for n in val)
+    train = [n for n in first if n.split(os.sep)[0] in ("train", "panoptic_train")]
+    assert len(train) == 2 * SMALL.num_train_images and all(first[n] == more[n] for n in train)
+    assert len([n for n in more if n.startswith("train" + os.sep)]) == 7
+
+
 def _panoptic_annotations(root, split):
     paths = split_paths(root, split)
     with open(paths.panoptic_json) as f:

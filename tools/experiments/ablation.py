@@ -40,6 +40,8 @@ class Variant:
     opts: List[str] = field(default_factory=list)
     description: str = ""
     eval_weights: str = ""
+    # The seeds of this variant when they differ from the experiment's (e.g. one screening seed).
+    seeds: Sequence[int] = ()
 
 
 def run_variant(
@@ -132,24 +134,26 @@ def run_ablation(
         futures = {
             (v.name, seed): pool.submit(run_variant, v, seed, out_root, extra_opts, threads)
             for v in variants
-            for seed in seeds
+            for seed in (v.seeds or seeds)
         }
         done = {key: future.result() for key, future in futures.items()}
     rows = []
     for variant in variants:
-        runs = {seed: done[(variant.name, seed)] for seed in seeds}
+        variant_seeds = list(variant.seeds or seeds)
+        runs = {seed: done[(variant.name, seed)] for seed in variant_seeds}
         row = {
             "variant": variant.name,
             "description": variant.description,
             "config": variant.config,
             "opts": variant.opts,
-            "seconds": [runs[s]["seconds"] for s in seeds],
+            "seeds": variant_seeds,
+            "seconds": [runs[s]["seconds"] for s in variant_seeds],
             "metrics": {},
         }
         for task, key in metrics:
-            values = [_metric(runs[s]["results"], task, key) for s in seeds]
+            values = [_metric(runs[s]["results"], task, key) for s in variant_seeds]
             row["metrics"][f"{task}/{key}"] = {
-                "per_seed": dict(zip(map(str, seeds), values)),
+                "per_seed": dict(zip(map(str, variant_seeds), values)),
                 "mean": statistics.mean(values),
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             }
@@ -183,10 +187,11 @@ def run_ablation(
         "",
         f"Produced by `{command}` on {summary['date']} at revision {summary['revision']} "
         f"({summary['machine']}).",
-        f"Seeds {list(seeds)}; mean ± sample standard deviation over seeds.",
+        f"Seeds {list(seeds)} unless the row says otherwise; mean ± sample standard deviation "
+        "over seeds.",
         "",
-        "| variant | " + " | ".join(metric_names) + " | per-seed | overrides |",
-        "|---|" + "---|" * (len(metric_names) + 2),
+        "| variant | seeds | " + " | ".join(metric_names) + " | per-seed | overrides |",
+        "|---|---|" + "---|" * (len(metric_names) + 2),
     ]
     for row in rows:
         cells = [_fmt(list(row["metrics"][m]["per_seed"].values())) for m in metric_names]
@@ -197,7 +202,12 @@ def run_ablation(
         opts = " ".join(row["opts"]) or "(defaults)"
         if row["config"] != rows[0]["config"]:
             opts = f"`{row['config']}` {opts}"
-        lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {per_seed} | {opts} |")
+        seeds_cell = ", ".join(map(str, row["seeds"]))
+        lines.append(
+            f"| {row['variant']} | {seeds_cell} | "
+            + " | ".join(cells)
+            + f" | {per_seed} | {opts} |"
+        )
     if notes:
         lines += ["", notes]
     with open(os.path.join(docs, f"{report_name}.md"), "w") as f:
