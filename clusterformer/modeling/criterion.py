@@ -47,6 +47,8 @@ from .point_sampling import (
 LOSS_CHOICES = ("labels", "masks", "boxes", "mask_id", "semantic")
 CLASS_LOSS_CHOICES = ("softmax_ce", "sigmoid_focal")
 _SUFFIX = re.compile(r"_\d+$")
+# Target of pixels no target covers, in the per-pixel auxiliary losses.
+IGNORE = -100
 
 
 def sigmoid_ce_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
@@ -82,6 +84,23 @@ def _downsample_masks(masks: Tensor, size: Sequence[int]) -> Tensor:
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks.bool()
     return F.interpolate(masks[None].float(), size=tuple(size), mode="nearest")[0] > 0.5
+
+
+def _paint(masks: Tensor, values: Tensor, size: Sequence[int]) -> Tensor:
+    """``(n, H, W)`` masks and ``(n,)`` values -> ``(h, w)`` int64 map of the value of the last
+    mask covering each pixel (nearest downsampling), ``IGNORE`` where none does."""
+    out = torch.full(tuple(size), IGNORE, dtype=torch.int64, device=values.device)
+    for value, mask in zip(values.tolist(), _downsample_masks(masks, size).to(values.device)):
+        out[mask] = value
+    return out
+
+
+def _pixel_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean cross-entropy of ``(B, C, h, w)`` logits over the pixels of ``(B, h, w)`` ``target``
+    that are not ``IGNORE`` (0, still in the graph, when there are none)."""
+    if not bool((target != IGNORE).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target.to(logits.device), ignore_index=IGNORE)
 
 
 def _world_size() -> int:
@@ -284,20 +303,11 @@ class SetCriterion(nn.Module):
         indices,
     ) -> Dict[str, Tensor]:
         pred_masks = outputs["pred_masks"].float()
-        size = pred_masks.shape[-2:]
         query_ids = []
         for target, (src, tgt) in zip(targets, indices):
-            ids = torch.full(size, -100, dtype=torch.int64, device=pred_masks.device)
-            # In target order: where targets overlap, the later one wins (as the semantic loss).
-            order = tgt.argsort()
-            masks = _downsample_masks(target["masks"][tgt[order]], size).to(pred_masks.device)
-            for query, mask in zip(src[order].tolist(), masks):
-                ids[mask] = query
-            query_ids.append(ids)
-        query_ids = torch.stack(query_ids)
-        if not bool((query_ids >= 0).any()):
-            return {"loss_mask_id": pred_masks.sum() * 0.0}
-        return {"loss_mask_id": F.cross_entropy(pred_masks, query_ids, ignore_index=-100)}
+            order = tgt.argsort()  # target order, as the semantic loss paints them
+            query_ids.append(_paint(target["masks"][tgt[order]], src[order], pred_masks.shape[-2:]))
+        return {"loss_mask_id": _pixel_cross_entropy(pred_masks, torch.stack(query_ids))}
 
     def loss_semantic(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]):
         if "pred_semantic" not in outputs:
@@ -305,18 +315,8 @@ class SetCriterion(nn.Module):
                 "SetCriterion: 'semantic' loss requested but outputs lack 'pred_semantic'"
             )
         logits = outputs["pred_semantic"].float()
-        size = logits.shape[-2:]
-        classes = []
-        for target in targets:
-            labels = torch.full(size, -100, dtype=torch.int64, device=logits.device)
-            masks = _downsample_masks(target["masks"], size).to(logits.device)
-            for label, mask in zip(target["labels"].tolist(), masks):
-                labels[mask] = label
-            classes.append(labels)
-        classes = torch.stack(classes)
-        if not bool((classes >= 0).any()):
-            return {"loss_sem_seg": logits.sum() * 0.0}
-        return {"loss_sem_seg": F.cross_entropy(logits, classes, ignore_index=-100)}
+        classes = [_paint(t["masks"], t["labels"], logits.shape[-2:]) for t in targets]
+        return {"loss_sem_seg": _pixel_cross_entropy(logits, torch.stack(classes))}
 
     # ---- helpers -----------------------------------------------------------------------------
     @staticmethod

@@ -10,6 +10,7 @@ command) goes to a JSON file and a Markdown table under ``docs/experiments/``.
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import datetime
 import json
@@ -42,6 +43,30 @@ class Variant:
     eval_weights: str = ""
     # The seeds of this variant when they differ from the experiment's (e.g. one screening seed).
     seeds: Sequence[int] = ()
+
+
+def experiment_parser(
+    doc: str, out_name: str, seeds: Sequence[int] = (0, 1, 2)
+) -> argparse.ArgumentParser:
+    """The command line every experiment script shares: ``--seeds``, ``--jobs``, ``--out-root``
+    (``output/experiments/<out_name>``), ``--only`` and trailing ``KEY VALUE`` overrides."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
+    parser.add_argument("--out-root", default=os.path.join(REPO, "output", "experiments", out_name))
+    parser.add_argument("--only", nargs="*", help="run only these variants")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
+    return parser
+
+
+def selected(variants: Sequence[Variant], only: Sequence[str] | None) -> List[Variant]:
+    """``variants`` restricted to the names in ``only`` (all when empty); unknown names raise."""
+    unknown = sorted(set(only or ()) - {v.name for v in variants})
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {[v.name for v in variants]}")
+    return [v for v in variants if not only or v.name in only]
 
 
 def run_variant(

@@ -11,15 +11,19 @@ AP of the instance output, boxes from the masks) and SemSegEvaluator (mIoU). Fin
 docs/experiments/shapes_convergence.{json,md}; decisions: docs/design_choices.md.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import REPO, Variant, run_ablation
+from ablation import Variant, experiment_parser, run_ablation, selected
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
 SCREENING_SEEDS = (0,)
+NOTES = (
+    "Screening rows: one seed, the recipe before this experiment plus one change. `make_run`: "
+    "the config as committed, 3 seeds. Boxes are those of the instance output (from the masks). "
+    "Run times are wall clock of runs sharing the 2 cores with other work."
+)
 # The recipe `make run` had before this experiment (1000 iterations on the 300-scene set, no
 # auxiliary losses), written as overrides of today's config.
 BEFORE = [
@@ -69,20 +73,10 @@ def variants():
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
-    parser.add_argument(
-        "--out-root", default=os.path.join(REPO, "output", "experiments", "shapes_convergence")
-    )
-    parser.add_argument("--only", nargs="*", help="run only these variants")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
-    args = parser.parse_args()
+    args = experiment_parser(__doc__, "shapes_convergence").parse_args()
     run_ablation(
         title="Shapes panoptic: what makes the thing classes learn faster",
-        variants=[v for v in variants() if not args.only or v.name in args.only],
+        variants=selected(variants(), args.only),
         seeds=args.seeds,
         metrics=[
             ("panoptic_seg", "PQ"),
@@ -95,10 +89,7 @@ def main():
         report_name="shapes_convergence",
         extra_opts=args.opts,
         jobs=args.jobs,
-        notes=(
-            "Budget: the schedule of the config (nano backbone from scratch, batch 8, AdamW). "
-            "Run times are wall clock with the runs sharing the 2 cores (--jobs)."
-        ),
+        notes=NOTES,
     )
 
 

@@ -9,38 +9,33 @@ Top-1 on the 100 val images (4 balanced classes: chance is 25). Results:
 docs/experiments/shapes_pretraining.{json,md}.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import REPO, Variant, run_ablation
+from ablation import Variant, experiment_parser, run_ablation, selected
 
 CONFIG = "configs/shapes/classification/clusterformer_nano.yaml"
 LAYER_SCALE = "MODEL.CLUSTERFORMER.LAYER_SCALE_INIT"
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument(
-        "--out-root", default=os.path.join(REPO, "output", "experiments", "shapes_pretraining")
-    )
-    args = parser.parse_args()
+    args = experiment_parser(__doc__, "shapes_pretraining", seeds=(0,)).parse_args()
     run_ablation(
         title="Shapes classification as backbone pre-training (300 iterations)",
-        variants=[
-            Variant("layer_scale_1e-5", CONFIG, [], "the config (the paper's LayerScale init)"),
-            Variant("layer_scale_0.1", CONFIG, [LAYER_SCALE, "0.1"], "LayerScale init 0.1"),
-            Variant("layer_scale_1.0", CONFIG, [LAYER_SCALE, "1.0"], "LayerScale init 1"),
-        ],
+        variants=selected(
+            [
+                Variant("layer_scale_1e-5", CONFIG, [], "the config (the paper's LayerScale init)"),
+                Variant("layer_scale_0.1", CONFIG, [LAYER_SCALE, "0.1"], "LayerScale init 0.1"),
+                Variant("layer_scale_1.0", CONFIG, [LAYER_SCALE, "1.0"], "LayerScale init 1"),
+            ],
+            args.only,
+        ),
         seeds=args.seeds,
         metrics=[("classification", "top1")],
         out_root=args.out_root,
         report_name="shapes_pretraining",
+        extra_opts=args.opts,
         jobs=args.jobs,
         notes=(
             "All three stay near chance (25) after 300 iterations (9,600 images), so a backbone "
