@@ -8,8 +8,11 @@ Every variant is the shapes panoptic config plus its ``KEY VALUE`` overrides, bu
 round times one training step (forward, losses, backward, optimiser step) of every variant in
 turn, on batches drawn beforehand from its own training loader (data loading is not timed), so
 the variants share the machine's state and the ratios are comparable even on a noisy machine.
-Reports the median seconds per step and per image and the ratio to the first variant; writes
-``docs/benchmarks/train_step_cpu.{json,md}``. Needs detectron2 (the reference environment).
+Reports the median seconds per step and per image and the ratio to the first variant, and where
+the first variant's step goes (image preparation, backbone, pixel decoder, decoder, criterion
+with the matcher and point sampling, backward, optimiser; plus loading one batch, which the
+loader's worker overlaps with training); writes ``docs/benchmarks/train_step_cpu.{json,md}``.
+Needs detectron2 (the reference environment).
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ DEFAULT_VARIANTS = [
 ]
 
 
+PARTS = ("prepare", "backbone", "pixel_decoder", "decoder", "criterion", "backward", "optimizer")
+
+
 class Contender:
     """One variant: its model, optimiser and a few training batches."""
 
@@ -57,9 +63,33 @@ class Contender:
         loader = Trainer.build_train_loader(cfg)
         loader.reset(0, cfg.SEED)
         iterator = iter(loader)
+        start = time.perf_counter()
         self.batches = [next(iterator) for _ in range(num_batches)]
+        self.load_seconds = (time.perf_counter() - start) / num_batches
         loader.close()
         self.seconds: List[float] = []
+
+    def profiled_step(self, index: int) -> Dict[str, float]:
+        """One step, timed part by part (the parts the meta-architecture's forward chains)."""
+        model, batch = self.model, self.batches[index % len(self.batches)]
+        marks = [time.perf_counter()]
+        images = model.preprocess_images(batch)
+        targets = model.prepare_targets([x["instances"] for x in batch], images)
+        marks.append(time.perf_counter())
+        features = model.backbone(images.tensor)
+        marks.append(time.perf_counter())
+        mask_features, multi_scale = model.pixel_decoder(features)
+        marks.append(time.perf_counter())
+        outputs = model.transformer_decoder(multi_scale, mask_features)
+        marks.append(time.perf_counter())
+        losses = model.criterion.weight_losses(model.criterion(outputs, targets))
+        marks.append(time.perf_counter())
+        self.optimizer.zero_grad()
+        sum(losses.values()).backward()
+        marks.append(time.perf_counter())
+        self.optimizer.step()
+        marks.append(time.perf_counter())
+        return {part: b - a for part, a, b in zip(PARTS, marks, marks[1:])}
 
     def step(self, index: int) -> float:
         batch = self.batches[index % len(self.batches)]
@@ -83,6 +113,10 @@ def run(variants, threads: int, rounds: int, warmup: int) -> Dict:
         for i in range(rounds):
             for c in contenders:
                 c.seconds.append(c.step(warmup + i))
+        first = contenders[0]
+        parts = [first.profiled_step(i) for i in range(rounds)]
+    breakdown = {p: statistics.median(t[p] for t in parts) for p in PARTS}
+    breakdown["load_batch"] = first.load_seconds
     base = statistics.median(contenders[0].seconds) / contenders[0].batch_size
     rows = []
     for c in contenders:
@@ -107,6 +141,7 @@ def run(variants, threads: int, rounds: int, warmup: int) -> Dict:
         "config": CONFIG,
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
         "rows": rows,
+        "breakdown_of_first": breakdown,
     }
 
 
@@ -130,6 +165,19 @@ def write_report(summary: Dict, out_dir: str) -> None:
             f"{r['seconds_per_image']:.4f} | {r['ratio_per_image']:.2f}x | "
             f"{' '.join(r['opts']) or '(config)'} |"
         )
+    parts = summary["breakdown_of_first"]
+    step = sum(v for k, v in parts.items() if k != "load_batch")
+    lines += [
+        "",
+        f"Where a step of `{summary['rows'][0]['variant']}` goes (median of the rounds, timed "
+        "part by part; the backward pass of every part is in `backward`):",
+        "",
+        "| part | s | share of the step |",
+        "|---|---|---|",
+    ]
+    for name, seconds in parts.items():
+        share = "" if name == "load_batch" else f"{100 * seconds / step:.0f}%"
+        lines.append(f"| {name} | {seconds:.3f} | {share} |")
     with open(os.path.join(out_dir, "train_step_cpu.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

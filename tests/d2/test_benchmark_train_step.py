@@ -28,6 +28,12 @@ def test_train_step_benchmark_writes_its_report(tmp_path):
     assert batch_4["batch_size"] == 4 and batch_4["seconds_per_step"] > 0
     assert abs(batch_4["seconds_per_image"] - batch_4["seconds_per_step"] / 4) < 1e-12
     assert "| batch_4 | 4 |" in (tmp_path / "train_step_cpu.md").read_text()
+    parts = summary["breakdown_of_first"]
+    assert set(parts) == {
+        "prepare", "backbone", "pixel_decoder", "decoder", "criterion", "backward", "optimizer",
+        "load_batch",
+    }  # fmt: skip
+    assert all(seconds > 0 for seconds in parts.values())
 
     bad = subprocess.run(
         [*command[:2], "--variant", "odd", "SOLVER.IMS_PER_BATCH"],
