@@ -48,9 +48,10 @@ endef
 env:
 	@if [ "$$(cat $(VENV)/.reference-ready 2>/dev/null)" != "$(REF_HASH)" ]; then \
 	  $(call refuse_foreign,$(VENV),.reference-ready,VENV); \
+	  python=$$(tools/find_python.sh 3.10) || exit 1; \
 	  echo "==> creating the reference environment in $(VENV) (Python 3.10, torch 2.3.1, detectron2)"; \
 	  rm -rf $(VENV) && \
-	  "$$(tools/find_python.sh 3.10)" -m venv $(VENV) && \
+	  "$$python" -m venv $(VENV) && \
 	  touch $(VENV)/$(CREATED_MARKER) && \
 	  $(PY) -m pip install -q --upgrade "pip<25" "setuptools<70" wheel && \
 	  $(PY) -m pip install -q -r requirements/reference.txt && \
@@ -60,9 +61,10 @@ env:
 env-modern:
 	@if [ "$$(cat $(MODERN_VENV)/.modern-ready 2>/dev/null)" != "$(MODERN_HASH)" ]; then \
 	  $(call refuse_foreign,$(MODERN_VENV),.modern-ready,MODERN_VENV); \
+	  python=$$(tools/find_python.sh 3.11 2>/dev/null || tools/find_python.sh 3.12) || exit 1; \
 	  echo "==> creating the modern environment in $(MODERN_VENV) (Python 3.11+, torch from PyPI, no detectron2)"; \
 	  rm -rf $(MODERN_VENV) && \
-	  "$$(tools/find_python.sh 3.11 2>/dev/null || tools/find_python.sh 3.12)" -m venv $(MODERN_VENV) && \
+	  "$$python" -m venv $(MODERN_VENV) && \
 	  touch $(MODERN_VENV)/$(CREATED_MARKER) && \
 	  $(MODERN_PY) -m pip install -q --upgrade pip setuptools wheel && \
 	  $(MODERN_PY) -m pip install -q -r requirements/modern.txt && \
