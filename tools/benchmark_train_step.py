@@ -39,8 +39,13 @@ DEFAULT_VARIANTS = [
     ("points_256", ["MODEL.CLUSTER_DECODER.TRAIN_NUM_POINTS", "256"]),
     ("batch_16", ["SOLVER.IMS_PER_BATCH", "16"]),
     (
-        "no_auxiliary_losses",
-        ["MODEL.CLUSTER_DECODER.SEMANTIC_WEIGHT", "0", "MODEL.CLUSTER_DECODER.MASK_ID_WEIGHT", "0"],
+        "auxiliary_losses",
+        [
+            "MODEL.CLUSTER_DECODER.SEMANTIC_WEIGHT",
+            "1.0",
+            "MODEL.CLUSTER_DECODER.MASK_ID_WEIGHT",
+            "1.0",
+        ],
     ),
 ]
 
