@@ -134,10 +134,10 @@ def register_shapes(
     return names
 
 
-# The 300-scene default keeps the tests' data small; the larger set is what the `make run` model
-# trains on (docs/experiments/shapes_convergence.md). Its first 300 training scenes and its whole
-# val split are those of the default set (every scene has its own seed), so both are evaluated on
-# the same 60 val images.
+# A training set ten times the default, for experiments on how much data the thing classes need
+# (docs/experiments/shapes_convergence.md). Its first 300 training scenes and its whole val split
+# are those of the default set (every scene has its own seed), so both are evaluated on the same
+# 60 val images.
 LARGE_CONFIG = ShapesConfig(num_train_images=3000)
 
 
