@@ -89,8 +89,9 @@ def _downsample_masks(masks: Tensor, size: Sequence[int]) -> Tensor:
 def _paint(masks: Tensor, values: Tensor, size: Sequence[int]) -> Tensor:
     """``(n, H, W)`` masks and ``(n,)`` values -> ``(h, w)`` int64 map of the value of the last
     mask covering each pixel (nearest downsampling), ``IGNORE`` where none does."""
-    out = torch.full(tuple(size), IGNORE, dtype=torch.int64, device=values.device)
-    for value, mask in zip(values.tolist(), _downsample_masks(masks, size).to(values.device)):
+    # On the masks' device: the matcher's indices (values of the mask-id loss) live on the CPU.
+    out = torch.full(tuple(size), IGNORE, dtype=torch.int64, device=masks.device)
+    for value, mask in zip(values.tolist(), _downsample_masks(masks, size)):
         out[mask] = value
     return out
 
