@@ -117,6 +117,9 @@ def add_segmentation_config(cfg: CN) -> None:
     # 1x1 head over the mask features.
     d.MASK_ID_WEIGHT = 0.0
     d.SEMANTIC_WEIGHT = 0.0
+    # R > 0: every query's class head also reads its own mask, cropped to the mask's box and
+    # resampled to R x R (MaskShapeEmbedding; not in the paper, docs/design_choices.md). 0: off.
+    d.MASK_SHAPE_RESOLUTION = 0
     d.TRAIN_NUM_POINTS = 12544
     d.OVERSAMPLE_RATIO = 3.0
     d.IMPORTANCE_SAMPLE_RATIO = 0.75

@@ -14,6 +14,7 @@ from clusterformer.modeling.transformer_decoder import (
     mask_assignment_restriction,
     release_empty_restrictions,
 )
+from clusterformer.modeling.transformer_decoder.prediction_heads import mask_box_crops
 
 C, HEADS, Q = 32, 4, 6
 
@@ -275,3 +276,58 @@ def test_semantic_head_predicts_per_pixel_classes_in_training_only():
     assert _decoder().semantic_head is None
     with pytest.raises(ValueError, match="semantic_head"):
         _decoder(semantic_head=True, mask_on=False, box_on=True)
+
+
+def test_mask_box_crops_do_not_depend_on_position_or_size():
+    # An L shape at two positions and two sizes, and an empty mask.
+    logits = torch.full((1, 3, 40, 60), -10.0)
+    logits[0, 0, 4:12, 6:14] = 10.0
+    logits[0, 0, 4:8, 10:14] = -10.0
+    logits[0, 1, 20:36, 30:46] = 10.0
+    logits[0, 1, 20:28, 38:46] = -10.0
+    crops = mask_box_crops(logits.requires_grad_(), 8)
+    assert crops.shape == (1, 3, 8, 8) and not crops.requires_grad
+    torch.testing.assert_close(crops[0, 0], crops[0, 1], atol=1e-3, rtol=0)
+    # The missing quarter is the top right one.
+    assert crops[0, 0, :2, 6:].mean() < 0.1 and crops[0, 0, 6:, :2].mean() > 0.9
+    # No pixel above the threshold: the box is the whole canvas.
+    expected = F.interpolate(logits[:, 2:].detach().sigmoid(), size=(8, 8), mode="bilinear")
+    torch.testing.assert_close(crops[0, 2], expected[0, 0], atol=1e-6, rtol=0)
+
+
+def test_mask_shape_embedding_starts_neutral_and_leaves_the_masks_alone():
+    torch.manual_seed(0)
+    plain = _decoder()
+    shaped = _decoder(mask_shape_resolution=8)
+    missing, unexpected = shaped.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and all("mask_shape_embed" in k for k in missing)
+    feats, mask_features = _features()
+    with torch.no_grad():
+        before, after = plain(feats, mask_features), shaped(feats, mask_features)
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(after[key], before[key])
+    # Trained, the class head reads the mask; the class loss reaches no mask parameter.
+    torch.nn.init.normal_(shaped.prediction_heads.mask_shape_embed.mlp.layers[-1].weight)
+    out = shaped(feats, mask_features)
+    assert not torch.allclose(out["pred_logits"], before["pred_logits"])
+    out["pred_logits"].sum().backward()
+    mask_embed = shaped.prediction_heads.mask_embed
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in mask_embed.parameters())
+    assert shaped.prediction_heads.mask_shape_embed.mlp.layers[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mask_shape_resolution"):
+        _decoder(mask_shape_resolution=8, mask_on=False, box_on=True)
+
+
+@pytest.mark.parametrize("restrict_to_masks", [True, False])
+def test_mask_shape_embedding_in_eval_mode(restrict_to_masks):
+    """Eval predicts intermediate masks at level resolution for the shape crops even without
+    mask restriction; the final prediction equals training mode's."""
+    decoder = _decoder(mask_shape_resolution=8, restrict_to_masks=restrict_to_masks)
+    torch.nn.init.normal_(decoder.prediction_heads.mask_shape_embed.mlp.layers[-1].weight)
+    feats, mask_features = _features()
+    with torch.no_grad():
+        full = decoder.train()(feats, mask_features)
+        coarse = decoder.eval()(feats, mask_features)
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(coarse[key], full[key], atol=1e-4, rtol=1e-4)
+    assert all("pred_masks" not in aux for aux in coarse["aux_outputs"])

@@ -139,6 +139,22 @@ def test_more_training_scenes_keep_the_val_split_and_the_first_training_scenes(
     assert len([n for n in more if n.startswith("train" + os.sep)]) == 7
 
 
+def test_denser_training_scenes_keep_the_val_split(small_root, tmp_path):
+    """train_min_things / train_max_things change the training scenes only (shapes_dense)."""
+    dense = dataclasses.replace(SMALL, train_min_things=6, train_max_things=8)
+    assert dense.things_range("train") == (6, 8) and dense.things_range("val") == (1, 5)
+    generate_shapes(str(tmp_path / "dense"), dense)
+    first, other = _tree(small_root), _tree(str(tmp_path / "dense"))
+    val = [n for n in first if n.split(os.sep)[0] in ("val", "panoptic_val", "panoptic_semseg_val")]
+    val += [os.path.join("annotations", f"{kind}_val.json") for kind in ("instances", "panoptic")]
+    assert len(val) > 2 and all(first[n] == other[n] for n in val)
+    with open(split_paths(str(tmp_path / "dense"), "train").panoptic_json) as f:
+        annotations = json.load(f)["annotations"]
+    # Six drawn things or more per scene; a few may be hidden by later ones (not annotated).
+    things = [sum(s["category_id"] < 10 for s in a["segments_info"]) for a in annotations]
+    assert min(things) >= 3 and max(things) <= 8 and sum(things) / len(things) >= 5
+
+
 def _panoptic_annotations(root, split):
     paths = split_paths(root, split)
     with open(paths.panoptic_json) as f:
@@ -235,6 +251,8 @@ def test_classification_images_differ_per_class_and_index(small_root):
 def test_config_validation():
     with pytest.raises(ValueError, match="max_things"):
         ShapesConfig(min_things=3, max_things=2)
+    with pytest.raises(ValueError, match="train scenes need min things <= max things, got 4 and 3"):
+        ShapesConfig(train_min_things=4, train_max_things=3)
     with pytest.raises(ValueError, match="image_height"):
         ShapesConfig(image_height=0)
     with pytest.raises(ValueError, match="split"):

@@ -58,13 +58,15 @@ def test_default_names_are_registered_without_touching_the_disk(tmp_path):
         import os, sys
         import clusterformer
         from detectron2.data import DatasetCatalog, MetadataCatalog
-        names = [f"{prefix}_{task}_{split}" for prefix in ("shapes", "shapes3k")
+        names = [f"{prefix}_{task}_{split}" for prefix in ("shapes", "shapes3k", "shapes_dense")
                  for task in ("panoptic", "instance", "sem_seg", "cls") for split in ("train", "val")]
         assert all(name in DatasetCatalog.list() for name in names)
         meta = MetadataCatalog.get("shapes_panoptic_val")
         assert meta.image_root == os.path.join(sys.argv[1], "shapes", "val"), meta.image_root
         meta = MetadataCatalog.get("shapes3k_panoptic_train")
         assert meta.image_root == os.path.join(sys.argv[1], "shapes_3k", "train"), meta.image_root
+        meta = MetadataCatalog.get("shapes_dense_panoptic_train")
+        assert meta.image_root == os.path.join(sys.argv[1], "shapes_dense", "train"), meta.image_root
         assert not os.path.exists(os.path.join(sys.argv[1], "shapes"))
         print("ok")
         """

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Can the nano backbone be pre-trained on the embedded shapes classification split within the
-`make run` budget? The shapes classifier (configs/shapes/classification/clusterformer_nano.yaml,
-300 iterations of batch 32 from scratch), with the paper's LayerScale init and larger ones.
+"""Backbone pre-training for the shapes models (the stand-in for ImageNet pre-training): how
+many classification images, which crops, which labels, how long.
 
-    python tools/experiments/shapes_pretraining.py [--seeds 0]
+    python tools/experiments/shapes_pretraining.py [--seeds 0] [--jobs 2] [--only VARIANT ...]
 
-Top-1 on the 100 val images (4 balanced classes: chance is 25). Results:
+The nano classifier is trained from scratch and evaluated on the 100 shapes val images (4
+balanced classes: chance is 25). ``shapes_cls_train`` has 320 images; the large set's
+``shapes3k_cls_train`` has 20,000 (its first 320 are those 320, and both share the val
+images). ``pretrain`` is configs/shapes/classification/clusterformer_nano_pretrain.yaml, whose
+backbone ``tools/extract_backbone.py`` exports for the panoptic `make run` model. Results:
 docs/experiments/shapes_pretraining.{json,md}.
 """
 
@@ -15,22 +18,61 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ablation import Variant, experiment_parser, run_ablation, selected
 
-CONFIG = "configs/shapes/classification/clusterformer_nano.yaml"
-LAYER_SCALE = "MODEL.CLUSTERFORMER.LAYER_SCALE_INIT"
+SMALL = "configs/shapes/classification/clusterformer_nano.yaml"
+PRETRAIN = "configs/shapes/classification/clusterformer_nano_pretrain.yaml"
+SHORT = ["SOLVER.MAX_ITER", "1000", "SOLVER.WARMUP_ITERS", "50"]
+OLD_AUGMENTATION = [
+    "INPUT.CLASSIFICATION.CROP_SCALE", "(0.5, 1.0)",
+    "MODEL.CLASSIFIER.LABEL_SMOOTHING", "0.1",
+]  # fmt: skip
+SCREENING_SEEDS = (0,)
+
+
+def variants():
+    return [
+        Variant(
+            "320_images",
+            SMALL,
+            SHORT,
+            "shapes_cls_train (320 images), crops >= 50%, label smoothing 0.1",
+            seeds=SCREENING_SEEDS,
+        ),
+        Variant(
+            "20k_images",
+            PRETRAIN,
+            SHORT + OLD_AUGMENTATION,
+            "shapes3k_cls_train (20,000 images), crops >= 50%, label smoothing 0.1",
+            seeds=SCREENING_SEEDS,
+        ),
+        Variant(
+            "20k_crops_85",
+            PRETRAIN,
+            SHORT + ["MODEL.CLASSIFIER.LABEL_SMOOTHING", "0.1"],
+            "20k_images with crops >= 85%",
+            seeds=SCREENING_SEEDS,
+        ),
+        Variant(
+            "20k_crops_85_no_smoothing",
+            PRETRAIN,
+            SHORT,
+            "20k_crops_85 without label smoothing (the pretrain config, 1000 iterations)",
+            seeds=SCREENING_SEEDS,
+        ),
+        Variant(
+            "pretrain",
+            PRETRAIN,
+            [],
+            "the pretrain config: 4000 iterations (its backbone is the shipped weights file)",
+            seeds=SCREENING_SEEDS,
+        ),
+    ]
 
 
 def main():
-    args = experiment_parser(__doc__, "shapes_pretraining", seeds=(0,)).parse_args()
+    args = experiment_parser(__doc__, "shapes_pretraining").parse_args()
     run_ablation(
-        title="Shapes classification as backbone pre-training (300 iterations)",
-        variants=selected(
-            [
-                Variant("layer_scale_1e-5", CONFIG, [], "the config (the paper's LayerScale init)"),
-                Variant("layer_scale_0.1", CONFIG, [LAYER_SCALE, "0.1"], "LayerScale init 0.1"),
-                Variant("layer_scale_1.0", CONFIG, [LAYER_SCALE, "1.0"], "LayerScale init 1"),
-            ],
-            args.only,
-        ),
+        title="Shapes classification as backbone pre-training",
+        variants=selected(variants(), args.only),
         seeds=args.seeds,
         metrics=[("classification", "top1")],
         out_root=args.out_root,
@@ -38,9 +80,12 @@ def main():
         extra_opts=args.opts,
         jobs=args.jobs,
         notes=(
-            "All three stay near chance (25) after 300 iterations (9,600 images), so a backbone "
-            "pre-trained this way would carry no shape knowledge into the panoptic model; "
-            "pre-training was not pursued within the `make run` budget."
+            "1000-iteration rows: batch 32, cosine schedule, 50 warm-up iterations; one seed. "
+            "On 320 images the classifier memorises the training set (its loss goes to 0) and "
+            "stays near chance on val; with 20,000 images it learns the shapes. The `pretrain` "
+            "run that produced checkpoints/shapes/clusterformer_nano_shapes_cls.pth also "
+            "evaluated every 500 iterations (TEST.EVAL_PERIOD 500; training is unaffected): "
+            "top-1 47, 71, 81, 87, 88, 91, 91, 90 at 500, 1000, ..., 4000 iterations."
         ),
     )
 

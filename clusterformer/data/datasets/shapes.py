@@ -127,8 +127,7 @@ def _annotate_scene(
         _rng(config, _STREAM_SCENE, split, index),
         height,
         width,
-        config.min_things,
-        config.max_things,
+        *config.things_range(split),
     )
     id_rng = _rng(config, _STREAM_SEGMENT_IDS, split, index)
     panoptic = np.zeros((height, width), dtype=np.int64)

@@ -6,6 +6,7 @@ metadata at import time without importing the generator (which ``python -m`` run
 
 import os
 from dataclasses import dataclass
+from typing import Tuple
 
 from .dataset_paths import datasets_root
 
@@ -56,6 +57,11 @@ class ShapesConfig:
     num_val_images: int = 60
     min_things: int = 1
     max_things: int = 5
+    # Things per training scene when they differ from the val scenes' (0: min_things /
+    # max_things). Denser training scenes give more thing samples per iteration while the val
+    # split, drawn with min_things / max_things, stays byte-identical.
+    train_min_things: int = 0
+    train_max_things: int = 0
     # Things with fewer visible pixels are not annotated (their pixels are void).
     min_visible_area: int = 24
     classification_image_size: int = 64
@@ -69,6 +75,8 @@ class ShapesConfig:
                 "num_train_images",
                 "num_val_images",
                 "min_things",
+                "train_min_things",
+                "train_max_things",
                 "classification_train_per_class",
                 "classification_val_per_class",
             ),
@@ -79,10 +87,23 @@ class ShapesConfig:
                     raise ValueError(
                         f"ShapesConfig.{name} must be >= {minimum}, got {getattr(self, name)}"
                     )
-        if self.max_things < self.min_things:
-            raise ValueError(
-                f"ShapesConfig.max_things ({self.max_things}) < min_things ({self.min_things})"
+        for split in SPLITS:
+            low, high = self.things_range(split)
+            if high < low:
+                raise ValueError(
+                    f"ShapesConfig: {split} scenes need min things <= max things, got "
+                    f"{low} and {high} (min_things, max_things, train_min_things, "
+                    "train_max_things; 0 means the val value)"
+                )
+
+    def things_range(self, split: str) -> Tuple[int, int]:
+        """(min, max) things per scene of ``split``."""
+        if check_split(split) == "train":
+            return (
+                self.train_min_things or self.min_things,
+                self.train_max_things or self.max_things,
             )
+        return self.min_things, self.max_things
 
     def num_images(self, split: str) -> int:
         return {"train": self.num_train_images, "val": self.num_val_images}[check_split(split)]

@@ -132,6 +132,7 @@ def build_transformer_decoder(cfg: CfgNode) -> ClusteringTransformerDecoder:
         learn_anchor_boxes=d.DEEP_SUPERVISION,
         class_prior_prob=FOCAL_CLASS_PRIOR_PROB if d.CLASS_LOSS == "sigmoid_focal" else None,
         semantic_head=d.MASK_ON and d.SEMANTIC_WEIGHT > 0,
+        mask_shape_resolution=d.MASK_SHAPE_RESOLUTION if d.MASK_ON else 0,
     )
 
 

@@ -87,6 +87,9 @@ class ClusteringTransformerDecoder(nn.Module):
         semantic_head: with ``mask_on``, a 1x1 convolution on the mask features that predicts
             per-pixel class logits ``pred_semantic`` in training, for kMaX-DeepLab's auxiliary
             semantic loss (docs/design_choices.md); inference does not use it.
+        mask_shape_resolution: with ``mask_on``, ``R > 0`` feeds every query's own mask, cropped
+            to its box and resampled to ``R x R``, to its class head
+            (:class:`~.prediction_heads.MaskShapeEmbedding`; not in the paper); 0: off.
 
     Boxes are normalised ``(cx, cy, w, h)`` on the padded canvas the decoder sees (every feature
     level covers it): token ``(i, j)`` of an ``h x w`` level is the cell
@@ -136,6 +139,7 @@ class ClusteringTransformerDecoder(nn.Module):
         learn_anchor_boxes: bool = True,
         class_prior_prob: Optional[float] = None,
         semantic_head: bool = False,
+        mask_shape_resolution: int = 0,
     ):
         super().__init__()
         name = type(self).__name__
@@ -152,6 +156,8 @@ class ClusteringTransformerDecoder(nn.Module):
             raise ValueError(f"{name}: predict masks (mask_on), boxes (box_on) or both")
         if semantic_head and not mask_on:
             raise ValueError(f"{name}: semantic_head reads the mask features; it needs mask_on")
+        if mask_shape_resolution and not mask_on:
+            raise ValueError(f"{name}: mask_shape_resolution reads the masks; it needs mask_on")
         if box_refinement_gradient not in BOX_REFINEMENT_GRADIENTS:
             raise ValueError(
                 f"{name}: box_refinement_gradient must be one of {BOX_REFINEMENT_GRADIENTS}, "
@@ -215,6 +221,7 @@ class ClusteringTransformerDecoder(nn.Module):
             mask_dim if mask_on else None,
             box_on=box_on,
             class_prior_prob=class_prior_prob,
+            mask_shape_resolution=mask_shape_resolution,
         )
         self.semantic_head = nn.Conv2d(mask_dim, num_classes, 1) if semantic_head else None
 
@@ -319,7 +326,9 @@ class ClusteringTransformerDecoder(nn.Module):
         # They are then left out of ``aux_outputs``.
         coarse = self.mask_on and not self.training
         level_mask_features = None
-        if coarse and self.restrict_to_masks:
+        # The mask-shape embedding reads every prediction's masks, restriction or not.
+        shape_on = self.prediction_heads.mask_shape_embed is not None
+        if coarse and (self.restrict_to_masks or shape_on):
             level_mask_features = [resize_like_restriction(mask_features, s) for s in sizes]
 
         def predict(j: int, queries: Tensor, box_reference: Optional[Tensor]):

@@ -24,6 +24,7 @@ import math
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..common_layers import MLP
@@ -59,6 +60,69 @@ def refine_boxes(
     return (reference_logits + deltas).sigmoid(), next_logits
 
 
+def mask_box_crops(mask_logits: Tensor, resolution: int, threshold: float = 0.5) -> Tensor:
+    """Each mask's probabilities resampled inside its own bounding box.
+
+    Args:
+        mask_logits: ``(B, Q, H, W)``.
+        resolution: ``R``, the side of the crops.
+        threshold: probability above which a pixel is in the mask (its box is the box of these
+            pixels; a mask without one gets the whole canvas).
+
+    Returns:
+        ``(B, Q, R, R)`` fp32, without gradient: the shape of every mask, whatever its position
+        and size (bilinear sampling, ``align_corners=False``).
+    """
+    B, Q, H, W = mask_logits.shape
+    probs = mask_logits.detach().float().sigmoid().reshape(B * Q, 1, H, W)
+    inside = probs[:, 0] > threshold  # (N, H, W)
+    extents = []
+    # Occupied columns (N, W), then occupied rows (N, H).
+    for lines, size in ((inside.any(dim=1), W), (inside.any(dim=2), H)):
+        index = torch.arange(size, device=probs.device)
+        empty = ~lines.any(dim=1)
+        low = torch.where(lines, index, size).amin(dim=1).masked_fill(empty, 0)
+        high = torch.where(lines, index + 1, 0).amax(dim=1).masked_fill(empty, size)
+        # Box centre and half-size in grid_sample's [-1, 1] coordinates.
+        extents.append(((low + high).float() / size - 1.0, (high - low).float() / size))
+    (cx, sx), (cy, sy) = extents
+    theta = torch.zeros(B * Q, 2, 3, device=probs.device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, sy, cy
+    grid = F.affine_grid(theta, [B * Q, 1, resolution, resolution], align_corners=False)
+    crops = F.grid_sample(probs, grid, mode="bilinear", align_corners=False)
+    return crops.reshape(B, Q, resolution, resolution)
+
+
+class MaskShapeEmbedding(nn.Module):
+    """A query's own predicted mask, box-normalised, as an input of its class head.
+
+    ``MLP(flatten(mask_box_crops(masks)))`` is added to the normalised query before the class
+    head. The crops carry no gradient (the class loss does not reshape the masks), and the last
+    layer starts at zero, so an untrained embedding leaves the class logits as without it. Not
+    part of the paper (docs/design_choices.md): where the classes differ by outline only, the
+    pooled features that reach a query say little about its outline while its mask shows it.
+
+    Args:
+        hidden_dim: query channels.
+        resolution: side ``R`` of the crops (``R * R`` inputs).
+
+    ``forward(mask_logits (B, Q, H, W)) -> (B, Q, hidden_dim)``.
+    """
+
+    def __init__(self, hidden_dim: int, resolution: int = 16):
+        super().__init__()
+        if resolution < 2:
+            raise ValueError(f"MaskShapeEmbedding: resolution must be >= 2, got {resolution}")
+        self.resolution = resolution
+        self.mlp = MLP(resolution * resolution, hidden_dim, hidden_dim, 2)
+        nn.init.zeros_(self.mlp.layers[-1].weight)
+        nn.init.zeros_(self.mlp.layers[-1].bias)
+
+    def forward(self, mask_logits: Tensor) -> Tensor:
+        crops = mask_box_crops(mask_logits, self.resolution)
+        return self.mlp(crops.flatten(2))
+
+
 class PredictionHeads(nn.Module):
     """Class, optional mask and optional box heads on the queries (see the module docstring).
 
@@ -70,6 +134,9 @@ class PredictionHeads(nn.Module):
         mask_embed_layers, box_embed_layers: MLP depths (3 as Mask2Former / DETR).
         class_prior_prob: initialise the class biases to ``-log((1 - p) / p)`` (the focal-loss
             prior of RetinaNet / DETR-family detectors); ``None``: PyTorch's default.
+        mask_shape_resolution: ``R > 0`` adds a :class:`MaskShapeEmbedding` of the query's own
+            mask (``R x R`` crops) to the class head's input; 0: off (the paper). Needs the mask
+            head, and masks at every prediction.
 
     ``forward(queries (B, Q, C), mask_features (B, mask_dim, H, W) or None)`` returns
     ``pred_logits``, and ``pred_masks`` / ``box_deltas`` (fp32) when those heads exist.
@@ -85,8 +152,11 @@ class PredictionHeads(nn.Module):
         mask_embed_layers: int = 3,
         box_embed_layers: int = 3,
         class_prior_prob: Optional[float] = None,
+        mask_shape_resolution: int = 0,
     ):
         super().__init__()
+        if mask_shape_resolution and mask_dim is None:
+            raise ValueError("PredictionHeads: mask_shape_resolution needs the mask head")
         self.norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         if class_prior_prob is not None:
@@ -103,6 +173,9 @@ class PredictionHeads(nn.Module):
             else None
         )
         self.box_embed = MLP(hidden_dim, hidden_dim, 4, box_embed_layers) if box_on else None
+        self.mask_shape_embed = (
+            MaskShapeEmbedding(hidden_dim, mask_shape_resolution) if mask_shape_resolution else None
+        )
         if self.box_embed is not None:
             # Zero deltas at the start: every prediction starts at its reference box.
             nn.init.zeros_(self.box_embed.layers[-1].weight)
@@ -115,15 +188,20 @@ class PredictionHeads(nn.Module):
         *,
         predict_masks: bool = True,
     ) -> Dict[str, Tensor]:
-        """``predict_masks=False`` skips the mask head (a prediction whose masks nobody reads)."""
+        """``predict_masks=False`` skips the mask head (a prediction whose masks nobody reads);
+        with the mask-shape embedding the class head reads the masks, so they are predicted."""
         normed = self.norm(queries)
-        out = {"pred_logits": self.class_embed(normed)}
-        if self.mask_embed is not None and predict_masks:
+        out = {}
+        if self.mask_embed is not None and (predict_masks or self.mask_shape_embed is not None):
             if mask_features is None:
                 raise ValueError("PredictionHeads: the mask head needs mask_features")
             out["pred_masks"] = torch.einsum(
                 "bqc,bchw->bqhw", self.mask_embed(normed), mask_features
             )
+        class_input = normed
+        if self.mask_shape_embed is not None:
+            class_input = normed + self.mask_shape_embed(out["pred_masks"]).to(normed.dtype)
+        out["pred_logits"] = self.class_embed(class_input)
         if self.box_embed is not None:
             out["box_deltas"] = self.box_embed(normed).float()
         return out

@@ -1,0 +1,62 @@
+"""tools/extract_backbone.py: a trained model's backbone as a weights file other models load."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from clusterformer.modeling.backbone.clusterformer import clusterformer_nano
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "extract_backbone.py"
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("extract_backbone", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def classifier_checkpoint(tmp_path):
+    backbone = clusterformer_nano(out_features=["res5"])
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state["head.fc.weight"] = torch.randn(4, 256)
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": state, "optimizer": {"state": {}}, "iteration": 3999}, path)
+    return path, backbone
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_keeps_the_backbone_only_and_loads_back(classifier_checkpoint, tmp_path, dtype):
+    source, backbone = classifier_checkpoint
+    output = tmp_path / "weights" / "backbone.pth"
+    assert load_tool().main([str(source), str(output), "--dtype", dtype]) == 0
+
+    saved = torch.load(output, weights_only=True)
+    assert set(saved) == {"model", "__meta__"}
+    assert saved["__meta__"]["source_iteration"] == 3999
+    assert saved["__meta__"]["dtype"] == dtype
+    assert all(k.startswith("backbone.") for k in saved["model"])
+    expected = backbone.state_dict()
+    assert len(saved["model"]) == len(expected)
+
+    # A segmentation model's backbone (all four outputs) takes every tensor, cast to float32.
+    fresh = clusterformer_nano()
+    missing, unexpected = fresh.load_state_dict(
+        {k[len("backbone.") :]: v for k, v in saved["model"].items()}, strict=False
+    )
+    assert unexpected == [] and all(k.startswith("output_norms.res") for k in missing)
+    tolerance = 0 if dtype == "float32" else 1e-3
+    for name, value in fresh.state_dict().items():
+        if name in expected:
+            assert value.dtype == torch.float32
+            torch.testing.assert_close(value, expected[name], atol=tolerance, rtol=tolerance)
+
+
+def test_a_checkpoint_without_a_backbone_is_refused(tmp_path):
+    source = tmp_path / "head_only.pth"
+    torch.save({"model": {"head.fc.weight": torch.zeros(2, 2)}}, source)
+    with pytest.raises(ValueError, match=r"head_only\.pth has no 'backbone\.\*' tensors"):
+        load_tool().main([str(source), str(tmp_path / "out.pth")])
