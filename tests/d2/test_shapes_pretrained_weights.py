@@ -3,11 +3,11 @@
 import os
 
 import torch
+from train_net_helpers import PANOPTIC_CONFIG, REPO
 
 from clusterformer.config_files import load_config
 from clusterformer.engine import Trainer
 from clusterformer.engine.checkpointer import ClusterFormerCheckpointer
-from train_net_helpers import PANOPTIC_CONFIG, REPO
 
 PRETRAIN_CONFIG = "configs/shapes/classification/clusterformer_nano_pretrain.yaml"
 

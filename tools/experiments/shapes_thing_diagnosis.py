@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import REPO  # noqa: E402
+from ablation import REPO
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
-from benchmark_common import code_revision  # noqa: E402
+from benchmark_common import code_revision
 
 DATASET = "shapes_panoptic_val"
 AREAS = ((0, 100), (100, 300), (300, 1000), (1000, None))
