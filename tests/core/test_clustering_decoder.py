@@ -242,17 +242,23 @@ def test_mask_embedding_is_a_dot_product_with_mask_features():
     )
 
 
-@pytest.mark.parametrize("mode", ["clustering", "masked_attention"])
-def test_eval_mode_predicts_intermediate_masks_at_level_resolution_only(mode):
-    """Eval skips the full-resolution intermediate masks; the outputs stay those of training
-    mode (the restrictions come from resized mask features instead of resized mask logits)."""
-    decoder = _decoder(mode)  # dropout 0: train and eval compute the same function
+def _final_outputs_of_train_and_eval_mode(decoder):
+    """Both modes' outputs on the same inputs; their final predictions must agree (dropout 0:
+    train and eval compute the same function)."""
     feats, mask_features = _features()
     with torch.no_grad():
         full = decoder.train()(feats, mask_features)
         coarse = decoder.eval()(feats, mask_features)
     for key in ("pred_logits", "pred_masks"):
         torch.testing.assert_close(coarse[key], full[key], atol=1e-4, rtol=1e-4)
+    return full, coarse
+
+
+@pytest.mark.parametrize("mode", ["clustering", "masked_attention"])
+def test_eval_mode_predicts_intermediate_masks_at_level_resolution_only(mode):
+    """Eval skips the full-resolution intermediate masks; the outputs stay those of training
+    mode (the restrictions come from resized mask features instead of resized mask logits)."""
+    full, coarse = _final_outputs_of_train_and_eval_mode(_decoder(mode))
     assert len(coarse["aux_outputs"]) == len(full["aux_outputs"])
     for aux_coarse, aux_full in zip(coarse["aux_outputs"], full["aux_outputs"]):
         assert "pred_masks" not in aux_coarse
@@ -324,10 +330,5 @@ def test_mask_shape_embedding_in_eval_mode(restrict_to_masks):
     mask restriction; the final prediction equals training mode's."""
     decoder = _decoder(mask_shape_resolution=8, restrict_to_masks=restrict_to_masks)
     torch.nn.init.normal_(decoder.prediction_heads.mask_shape_embed.mlp.layers[-1].weight)
-    feats, mask_features = _features()
-    with torch.no_grad():
-        full = decoder.train()(feats, mask_features)
-        coarse = decoder.eval()(feats, mask_features)
-    for key in ("pred_logits", "pred_masks"):
-        torch.testing.assert_close(coarse[key], full[key], atol=1e-4, rtol=1e-4)
+    _, coarse = _final_outputs_of_train_and_eval_mode(decoder)
     assert all("pred_masks" not in aux for aux in coarse["aux_outputs"])

@@ -17,19 +17,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import Variant, experiment_parser, run_ablation, selected
+from ablation import Variant
+from shapes_convergence import BEFORE, run_shapes_panoptic_experiment
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
-# The earlier `make run` recipe, spelt out so that the variants stay what they were.
-BEFORE = [
-    "MODEL.WEIGHTS", "",
-    "MODEL.CLUSTER_DECODER.MASK_SHAPE_RESOLUTION", "0",
-    "MODEL.CLUSTER_DECODER.SEMANTIC_WEIGHT", "0.0",
-    "MODEL.CLUSTER_DECODER.MASK_ID_WEIGHT", "0.0",
-    "DATASETS.TRAIN", '("shapes_panoptic_train",)',
-    "SOLVER.MAX_ITER", "1000",
-    "SOLVER.STEPS", "(900,)",
-]  # fmt: skip
+# BEFORE: the earlier `make run` recipe, spelt out (from scratch, 300 scenes, no mask crops).
 # The backbone pre-trained on the large set's 20,000 classification images
 # (tools/experiments/shapes_pretraining.py, `pretrain`; float16).
 PRETRAINED = ["MODEL.WEIGHTS", "checkpoints/shapes/clusterformer_nano_shapes_cls.pth"]
@@ -72,23 +64,12 @@ def variants():
 
 
 def main():
-    args = experiment_parser(__doc__, "shapes_convergence").parse_args()
-    run_ablation(
-        title="Shapes panoptic: telling the thing classes apart",
-        variants=selected(variants(), args.only),
-        seeds=args.seeds,
-        metrics=[
-            ("panoptic_seg", "PQ"),
-            ("panoptic_seg", "PQ_th"),
-            ("segm", "AP"),
-            ("bbox", "AP"),
-            ("sem_seg", "mIoU"),
-        ],
-        out_root=args.out_root,
-        report_name="shapes_thing_classes",
-        extra_opts=args.opts,
-        jobs=args.jobs,
-        notes=NOTES,
+    run_shapes_panoptic_experiment(
+        __doc__,
+        "Shapes panoptic: telling the thing classes apart",
+        variants(),
+        "shapes_thing_classes",
+        NOTES,
     )
 
 
