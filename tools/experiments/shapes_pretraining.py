@@ -81,10 +81,13 @@ def main():
         jobs=args.jobs,
         notes=(
             "1000-iteration rows: batch 32, cosine schedule, 50 warm-up iterations; one seed. "
-            "On 320 images the classifier memorises the training set (its loss goes to 0) and "
-            "stays near chance on val; with 20,000 images it learns the shapes. The `pretrain` "
+            "More images alone changes little at 1000 iterations (43 -> 47); crops that keep the "
+            "whole outline (59) and no label smoothing (66) make the difference, and 4000 "
+            "iterations on the 20,000 images reach 90. "
+            "The `pretrain` "
             "run that produced checkpoints/shapes/clusterformer_nano_shapes_cls.pth also "
-            "evaluated every 500 iterations (TEST.EVAL_PERIOD 500; training is unaffected): "
+            "evaluated every 500 iterations (TEST.EVAL_PERIOD 500; training is unaffected) and got "
+            "the crops and smoothing, which the config now holds, on its command line: "
             "top-1 47, 71, 81, 87, 88, 91, 91, 90 at 500, 1000, ..., 4000 iterations."
         ),
     )

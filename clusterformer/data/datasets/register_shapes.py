@@ -135,8 +135,8 @@ def register_shapes(
 
 
 # The large training side: ten times the default's scenes (docs/experiments/shapes_convergence.md)
-# and 5000 classification images per class, the backbone pre-training set (320 images are
-# memorised, not learnt: docs/experiments/shapes_pretraining.md). Its first training scenes and
+# and 5000 classification images per class, the backbone pre-training set
+# (docs/experiments/shapes_pretraining.md). Its first training scenes and
 # images and its whole val split are those of the default set (every scene and image has its own
 # seed), so both are evaluated on the same val images.
 LARGE_CONFIG = ShapesConfig(num_train_images=3000, classification_train_per_class=5000)
