@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..box_ops import masks_to_boxes
 from ..common_layers import MLP
 
 BOX_REFINEMENT_GRADIENTS = ("detach", "look_forward_twice")
@@ -76,16 +77,13 @@ def mask_box_crops(mask_logits: Tensor, resolution: int, threshold: float = 0.5)
     B, Q, H, W = mask_logits.shape
     probs = mask_logits.detach().float().sigmoid().reshape(B * Q, 1, H, W)
     inside = probs[:, 0] > threshold  # (N, H, W)
-    extents = []
-    # Occupied columns (N, W), then occupied rows (N, H).
-    for lines, size in ((inside.any(dim=1), W), (inside.any(dim=2), H)):
-        index = torch.arange(size, device=probs.device)
-        empty = ~lines.any(dim=1)
-        low = torch.where(lines, index, size).amin(dim=1).masked_fill(empty, 0)
-        high = torch.where(lines, index + 1, 0).amax(dim=1).masked_fill(empty, size)
-        # Box centre and half-size in grid_sample's [-1, 1] coordinates.
-        extents.append(((low + high).float() / size - 1.0, (high - low).float() / size))
-    (cx, sx), (cy, sy) = extents
+    boxes = masks_to_boxes(inside)  # (N, 4) xyxy pixel edges, zeros for an empty mask
+    empty = ~inside.flatten(1).any(dim=1)
+    boxes[empty] = torch.tensor([0.0, 0.0, W, H], device=boxes.device)
+    x0, y0, x1, y1 = boxes.unbind(dim=1)
+    # Box centre and half-size in grid_sample's [-1, 1] coordinates.
+    cx, sx = (x0 + x1) / W - 1.0, (x1 - x0) / W
+    cy, sy = (y0 + y1) / H - 1.0, (y1 - y0) / H
     theta = torch.zeros(B * Q, 2, 3, device=probs.device)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, sy, cy
     grid = F.affine_grid(theta, [B * Q, 1, resolution, resolution], align_corners=False)
