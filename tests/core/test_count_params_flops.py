@@ -1,21 +1,10 @@
 """tools/count_params_flops.py: the broadcast-aware matmul count and a run on the nano preset."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from tool_modules import load_tool
 
 pytest.importorskip("fvcore")
-
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "count_params_flops.py"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("count_params_flops", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class BroadcastMatmul(torch.nn.Module):
@@ -31,7 +20,7 @@ class BroadcastMatmul(torch.nn.Module):
 def test_matmul_count_includes_broadcast_batch():
     from fvcore.nn import FlopCountAnalysis
 
-    tool = load_tool()
+    tool = load_tool("count_params_flops")
     analysis = FlopCountAnalysis(BroadcastMatmul(), torch.zeros(3, 3, 224, 224))
     analysis.set_op_handle("aten::matmul", tool.broadcast_matmul_flop_jit)
     analysis.unsupported_ops_warnings(False)
@@ -41,7 +30,7 @@ def test_matmul_count_includes_broadcast_batch():
 def test_count_nano():
     from clusterformer.modeling.backbone import clusterformer_nano
 
-    tool = load_tool()
+    tool = load_tool("count_params_flops")
     result = tool.count(clusterformer_nano(), 64)
     assert result["params"] == sum(p.numel() for p in clusterformer_nano().parameters())
     # The mixers are part of the total, their clustering part of the mixers.

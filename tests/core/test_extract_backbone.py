@@ -1,21 +1,10 @@
 """tools/extract_backbone.py: a trained model's backbone as a weights file other models load."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from tool_modules import load_tool
 
 from clusterformer.modeling.backbone.clusterformer import clusterformer_nano
-
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "extract_backbone.py"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("extract_backbone", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -32,7 +21,7 @@ def classifier_checkpoint(tmp_path):
 def test_keeps_the_backbone_only_and_loads_back(classifier_checkpoint, tmp_path, dtype):
     source, backbone = classifier_checkpoint
     output = tmp_path / "weights" / "backbone.pth"
-    assert load_tool().main([str(source), str(output), "--dtype", dtype]) == 0
+    assert load_tool("extract_backbone").main([str(source), str(output), "--dtype", dtype]) == 0
 
     saved = torch.load(output, weights_only=True)
     assert set(saved) == {"model", "__meta__"}
@@ -59,4 +48,4 @@ def test_a_checkpoint_without_a_backbone_is_refused(tmp_path):
     source = tmp_path / "head_only.pth"
     torch.save({"model": {"head.fc.weight": torch.zeros(2, 2)}}, source)
     with pytest.raises(ValueError, match=r"head_only\.pth has no 'backbone\.\*' tensors"):
-        load_tool().main([str(source), str(tmp_path / "out.pth")])
+        load_tool("extract_backbone").main([str(source), str(tmp_path / "out.pth")])
