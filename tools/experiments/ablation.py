@@ -5,7 +5,9 @@ The experiment scripts next to this file (``digits_classification.py``,
 is a plain ``train_net.py`` subprocess writing to ``<out_root>/<variant>/seed<k>``; a run whose
 ``eval_results.json`` already exists is reused, so an interrupted experiment resumes. The summary
 (mean and sample standard deviation over seeds, every seed's value, run times, machine, date,
-command) goes to a JSON file and a Markdown table under ``docs/experiments/``.
+command) goes to a JSON file and a Markdown table under ``docs/experiments/``. A run of some of
+the variants (``--only``) updates their rows and keeps the others' from the existing report
+(:func:`merge_rows`), each row with the revision that measured it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -134,6 +136,42 @@ def _fmt(values: List[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def merge_rows(
+    new_rows: Sequence[dict], all_variants: Sequence[Variant], previous: Optional[dict]
+) -> List[dict]:
+    """The report's rows: ``new_rows`` and, for the variants of ``all_variants`` not among them,
+    the rows of the ``previous`` report (its JSON) that were measured with the same config and
+    options, in the order of ``all_variants``.
+
+    A kept row takes its description from the variant (text, not a measurement) and keeps its
+    ``revision`` (the previous report's when the row has none). A previous row whose config or
+    options differ from the variant's today is dropped with a message: its figures would not
+    describe the variant of that name any more.
+    """
+    fresh = {row["variant"]: row for row in new_rows}
+    old: Dict[str, dict] = {}
+    if previous:
+        for row in previous.get("rows", []):
+            old[row["variant"]] = {"revision": previous.get("revision", "unknown"), **row}
+    rows = []
+    for variant in all_variants:
+        if variant.name in fresh:
+            rows.append(fresh[variant.name])
+            continue
+        row = old.get(variant.name)
+        if row is None:
+            continue
+        if row["config"] != variant.config or list(row["opts"]) != list(variant.opts):
+            print(
+                f"[ablation] {variant.name}: the previous report measured other options; its row "
+                "is dropped (run the variant to measure it again)",
+                flush=True,
+            )
+            continue
+        rows.append({**row, "description": variant.description})
+    return rows
+
+
 def run_ablation(
     *,
     title: str,
@@ -145,6 +183,7 @@ def run_ablation(
     extra_opts: Sequence[str] = (),
     notes: str = "",
     jobs: int = 1,
+    all_variants: Sequence[Variant] = (),
 ) -> dict:
     """Run every variant with every seed, then write ``docs/experiments/<report_name>.{json,md}``.
 
@@ -153,6 +192,8 @@ def run_ablation(
         extra_opts: overrides applied to every run (e.g. a shorter schedule).
         jobs: runs at the same time, each with ``cpu_count // jobs`` threads (run times are then
             those of a shared machine).
+        all_variants: the experiment's whole list when ``variants`` is part of it (``--only``):
+            the other variants' rows are kept from the existing report (:func:`merge_rows`).
     """
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -162,6 +203,7 @@ def run_ablation(
             for seed in (v.seeds or seeds)
         }
         done = {key: future.result() for key, future in futures.items()}
+    revision = code_revision()
     rows = []
     for variant in variants:
         variant_seeds = list(variant.seeds or seeds)
@@ -172,6 +214,7 @@ def run_ablation(
             "config": variant.config,
             "opts": variant.opts,
             "seeds": variant_seeds,
+            "revision": revision,
             "seconds": [runs[s]["seconds"] for s in variant_seeds],
             "metrics": {},
         }
@@ -191,20 +234,24 @@ def run_ablation(
             flush=True,
         )
 
+    docs = os.path.join(REPO, "docs", "experiments")
+    report_path = os.path.join(docs, f"{report_name}.json")
+    if all_variants and os.path.isfile(report_path):
+        with open(report_path) as f:
+            rows = merge_rows(rows, all_variants, json.load(f))
     command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     summary = {
         "title": title,
         "date": datetime.date.today().isoformat(),
-        "revision": code_revision(),
+        "revision": revision,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
         "command": command,
         "seeds": list(seeds),
         "extra_opts": list(extra_opts),
         "rows": rows,
     }
-    docs = os.path.join(REPO, "docs", "experiments")
     os.makedirs(docs, exist_ok=True)
-    with open(os.path.join(docs, f"{report_name}.json"), "w") as f:
+    with open(report_path, "w") as f:
         json.dump(summary, f, indent=2)
     metric_names = [f"{t}/{k}" for t, k in metrics]
     lines = [
@@ -233,6 +280,14 @@ def run_ablation(
             + " | ".join(cells)
             + f" | {per_seed} | {opts} |"
         )
+    older = [f"{row['variant']} ({row['revision']})" for row in rows if row["revision"] != revision]
+    if older:
+        lines += [
+            "",
+            "Rows kept from earlier runs of this command, at their revisions: "
+            + ", ".join(older)
+            + ".",
+        ]
     if notes:
         lines += ["", notes]
     with open(os.path.join(docs, f"{report_name}.md"), "w") as f:

@@ -109,6 +109,7 @@ def run_shapes_panoptic_experiment(doc, title, all_variants, report_name, notes)
         report_name=report_name,
         extra_opts=args.opts,
         jobs=args.jobs,
+        all_variants=all_variants,
         notes=notes,
     )
 

@@ -79,6 +79,7 @@ def main():
         report_name="shapes_pretraining",
         extra_opts=args.opts,
         jobs=args.jobs,
+        all_variants=variants(),
         notes=(
             "1000-iteration rows: batch 32, cosine schedule, 50 warm-up iterations; one seed. "
             "More images alone changes little at 1000 iterations (43 -> 47); crops that keep the "
