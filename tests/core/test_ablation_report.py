@@ -42,3 +42,17 @@ def test_merge_without_a_previous_report_is_the_new_rows():
     variants = [Variant("a", "c.yaml"), Variant("b", "c.yaml")]
     new = [_row("b", [], 2.0, revision="new")]
     assert ablation.merge_rows(new, variants, None) == new
+
+
+def test_merge_keeps_no_previous_row_measured_with_other_overrides_of_every_run(capsys):
+    variants = [Variant("a", "c.yaml", ["K", "1"]), Variant("b", "c.yaml", ["K", "2"])]
+    previous = {
+        "revision": "old",
+        "extra_opts": ["SOLVER.MAX_ITER", "10"],
+        "rows": [_row("a", ["K", "1"], 1.0)],
+    }
+    new = [_row("b", ["K", "2"], 2.0, revision="new")]
+    assert ablation.merge_rows(new, variants, previous) == new
+    assert "other overrides" in capsys.readouterr().out
+    kept = ablation.merge_rows(new, variants, previous, ["SOLVER.MAX_ITER", "10"])
+    assert [r["variant"] for r in kept] == ["a", "b"]

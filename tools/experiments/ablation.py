@@ -137,7 +137,10 @@ def _fmt(values: List[float]) -> str:
 
 
 def merge_rows(
-    new_rows: Sequence[dict], all_variants: Sequence[Variant], previous: Optional[dict]
+    new_rows: Sequence[dict],
+    all_variants: Sequence[Variant],
+    previous: Optional[dict],
+    extra_opts: Sequence[str] = (),
 ) -> List[dict]:
     """The report's rows: ``new_rows`` and, for the variants of ``all_variants`` not among them,
     the rows of the ``previous`` report (its JSON) that were measured with the same config and
@@ -146,11 +149,18 @@ def merge_rows(
     A kept row takes its description from the variant (text, not a measurement) and keeps its
     ``revision`` (the previous report's when the row has none). A previous row whose config or
     options differ from the variant's today is dropped with a message: its figures would not
-    describe the variant of that name any more.
+    describe the variant of that name any more. So are all previous rows when the previous
+    report ran with other ``extra_opts`` (overrides of every run) than ``extra_opts``.
     """
     fresh = {row["variant"]: row for row in new_rows}
     old: Dict[str, dict] = {}
-    if previous:
+    if previous and list(previous.get("extra_opts", [])) != list(extra_opts):
+        print(
+            f"[ablation] the previous report ran with other overrides "
+            f"{previous.get('extra_opts', [])} (now {list(extra_opts)}); none of its rows is kept",
+            flush=True,
+        )
+    elif previous:
         for row in previous.get("rows", []):
             old[row["variant"]] = {"revision": previous.get("revision", "unknown"), **row}
     rows = []
@@ -238,7 +248,7 @@ def run_ablation(
     report_path = os.path.join(docs, f"{report_name}.json")
     if all_variants and os.path.isfile(report_path):
         with open(report_path) as f:
-            rows = merge_rows(rows, all_variants, json.load(f))
+            rows = merge_rows(rows, all_variants, json.load(f), extra_opts)
     command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     summary = {
         "title": title,

@@ -70,16 +70,17 @@ def variants():
 
 def main():
     args = experiment_parser(__doc__, "shapes_pretraining").parse_args()
+    all_variants = variants()
     run_ablation(
         title="Shapes classification as backbone pre-training",
-        variants=selected(variants(), args.only),
+        variants=selected(all_variants, args.only),
         seeds=args.seeds,
         metrics=[("classification", "top1")],
         out_root=args.out_root,
         report_name="shapes_pretraining",
         extra_opts=args.opts,
         jobs=args.jobs,
-        all_variants=variants(),
+        all_variants=all_variants,
         notes=(
             "1000-iteration rows: batch 32, cosine schedule, 50 warm-up iterations; one seed. "
             "More images alone changes little at 1000 iterations (43 -> 47); crops that keep the "
