@@ -194,6 +194,11 @@ def add_solver_config(cfg: CN) -> None:
     s.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
     s.CLIP_GRADIENTS.CLIP_VALUE = 0.01
     s.CLIP_GRADIENTS.NORM_TYPE = 2.0
+    # An exponential moving average of the weights (d2go's keys): evaluation, checkpoints'
+    # inference weights and the predictor use the average (clusterformer/utils/model_ema.py).
+    cfg.MODEL_EMA = CN()
+    cfg.MODEL_EMA.ENABLED = False
+    cfg.MODEL_EMA.DECAY = 0.999
 
 
 def add_reliability_config(cfg: CN) -> None:

@@ -130,14 +130,17 @@ class _RecordingCheckpointer(ClusterFormerCheckpointer):
         return self.incompatible
 
 
-def load_weights(model: nn.Module, weights: str, allow_pickle: bool = False) -> None:
+def load_weights(
+    model: nn.Module, weights: str, allow_pickle: bool = False, use_ema_weights: bool = False
+) -> None:
     """Load ``weights`` (a path or a Detectron2/URL path) into ``model``; raise when the file is
     missing or does not fit the model (missing parameters or different shapes), so a predictor
     never silently runs with random layers. Extra checkpoint keys are only logged.
 
     Like training, it reads checkpoints without running pickled code (``weights_only``; see
     :class:`~clusterformer.engine.ClusterFormerCheckpointer`) unless ``allow_pickle``
-    (``MODEL.WEIGHTS_ALLOW_PICKLE``), for files you trust."""
+    (``MODEL.WEIGHTS_ALLOW_PICKLE``), for files you trust. ``use_ema_weights``
+    (``MODEL_EMA.ENABLED``) loads the checkpoint's averaged weights where it has them."""
     if not weights:
         raise ValueError(
             "MODEL.WEIGHTS is empty: the predictor needs a trained checkpoint "
@@ -145,7 +148,9 @@ def load_weights(model: nn.Module, weights: str, allow_pickle: bool = False) -> 
         )
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS={weights!r}: no such checkpoint file")
-    checkpointer = _RecordingCheckpointer(model, allow_pickle=allow_pickle)
+    checkpointer = _RecordingCheckpointer(
+        model, allow_pickle=allow_pickle, use_ema_weights=use_ema_weights
+    )
     checkpointer.load(weights)
     incompatible = checkpointer.incompatible
     if incompatible is None:
@@ -273,7 +278,9 @@ class ClusterFormerPredictor:
         self.test_transform = build_test_transform(cfg)
         self.model = build_model(self.cfg)
         self.model.eval()
-        load_weights(self.model, cfg.MODEL.WEIGHTS, cfg.MODEL.WEIGHTS_ALLOW_PICKLE)
+        load_weights(
+            self.model, cfg.MODEL.WEIGHTS, cfg.MODEL.WEIGHTS_ALLOW_PICKLE, cfg.MODEL_EMA.ENABLED
+        )
 
     def prepare_inputs(
         self, image: np.ndarray, format: str = "BGR"

@@ -42,6 +42,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from ..utils.model_ema import CHECKPOINT_KEY as EMA_CHECKPOINT_KEY
+from ..utils.model_ema import averaged_weights
+
 logger = logging.getLogger(__name__)
 
 # How many keys an error message lists.
@@ -177,6 +180,10 @@ class ClusterFormerCheckpointer(DetectionCheckpointer):
         skip_mismatched: regular expressions; a checkpoint key matching one (``re.search``) may
             differ in shape from the model's and is then skipped with a warning
             (``MODEL.WEIGHTS_SKIP_MISMATCHED``).
+        use_ema_weights: load a checkpoint's averaged weights (``"model_ema"``, written by
+            training with ``MODEL_EMA.ENABLED``) into the model instead of its ``"model"``
+            weights, for inference; a checkpoint without them loads its ``"model"`` with a
+            warning.
     """
 
     def __init__(
@@ -186,22 +193,37 @@ class ClusterFormerCheckpointer(DetectionCheckpointer):
         *,
         allow_pickle: bool = False,
         skip_mismatched: Iterable[str] = (),
+        use_ema_weights: bool = False,
         save_to_disk: Optional[bool] = None,
         **checkpointables: Any,
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_pickle = allow_pickle
         self.skip_mismatched = [re.compile(pattern) for pattern in skip_mismatched]
+        self.use_ema_weights = use_ema_weights
         self._loading = ""
 
     @classmethod
-    def from_config(cls, cfg, model: nn.Module, save_dir: str = "", **checkpointables: Any):
-        """A checkpointer with the ``MODEL.WEIGHTS_*`` policy keys of ``cfg``."""
+    def from_config(
+        cls,
+        cfg,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        use_ema_weights: Optional[bool] = None,
+        **checkpointables: Any,
+    ):
+        """A checkpointer with the ``MODEL.WEIGHTS_*`` policy keys of ``cfg``; it loads averaged
+        weights when ``MODEL_EMA.ENABLED`` unless ``use_ema_weights`` says otherwise (training
+        resumes the trained weights)."""
+        if use_ema_weights is None:
+            use_ema_weights = cfg.MODEL_EMA.ENABLED
         return cls(
             model,
             save_dir,
             allow_pickle=cfg.MODEL.WEIGHTS_ALLOW_PICKLE,
             skip_mismatched=cfg.MODEL.WEIGHTS_SKIP_MISMATCHED,
+            use_ema_weights=use_ema_weights,
             **checkpointables,
         )
 
@@ -318,6 +340,22 @@ class ClusterFormerCheckpointer(DetectionCheckpointer):
             )
 
     def _load_model(self, checkpoint: Any):
+        if self.use_ema_weights:
+            if EMA_CHECKPOINT_KEY in checkpoint:
+                self.logger.info(
+                    "Loading the averaged weights (%s) of %s", EMA_CHECKPOINT_KEY, self._loading
+                )
+                checkpoint = {
+                    **checkpoint,
+                    "model": averaged_weights(checkpoint[EMA_CHECKPOINT_KEY]),
+                }
+            else:
+                self.logger.warning(
+                    "MODEL_EMA.ENABLED but %s has no averaged weights (%s): loading its trained "
+                    "weights",
+                    self._loading,
+                    EMA_CHECKPOINT_KEY,
+                )
         if not checkpoint.get("matching_heuristics", False):
             # Checked before anything is loaded, so a refused checkpoint changes nothing.
             self._convert_ndarray_to_tensor(checkpoint["model"])

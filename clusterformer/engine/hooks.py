@@ -4,6 +4,8 @@
   points, Mixup) before every iteration from (seed, rank, iteration), so that a resumed run draws
   the same random numbers as the uninterrupted one from the first resumed iteration on, whatever
   happened in between (evaluation, data-loader start-up, a checkpoint load).
+* :class:`ModelEMA`: updates the average of the weights (``MODEL_EMA``,
+  :mod:`clusterformer.utils.model_ema`) after every step.
 * :class:`CheckpointOnSignal`: on SIGTERM (a cluster pre-empting or cancelling the job) finishes
   the current iteration, saves ``model_<iteration>.pth`` and exits with status ``128 + signal``.
   Processes forked while it is installed (evaluation pools such as panopticapi's, data-loader
@@ -21,8 +23,10 @@ import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
+from torch.optim.swa_utils import AveragedModel
 
 from ..data.resumable_loader import derive_seed, seed_all_rngs
+from ..utils.model_ema import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,18 @@ class IterationSeed(HookBase):
 
     def before_step(self) -> None:
         seed_all_rngs(derive_seed(self._seed(), "model", comm.get_rank(), self.trainer.iter))
+
+
+class ModelEMA(HookBase):
+    """Update ``ema`` (an ``AveragedModel``) from the trainer's model after every step, before
+    the checkpointer and the evaluation hook run, so both see the average of this step."""
+
+    def __init__(self, ema: AveragedModel):
+        self.ema = ema
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.ema.update_parameters(unwrap(self.trainer.model))
 
 
 class TrainingInterrupted(SystemExit):

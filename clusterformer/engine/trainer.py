@@ -16,7 +16,9 @@ Differences from ``DefaultTrainer``:
   atomically and loaded safely and strictly (:class:`~.checkpointer.ClusterFormerCheckpointer`);
   SIGTERM saves a checkpoint before exiting (:class:`~.hooks.CheckpointOnSignal`); metrics are
   written every ``SOLVER.LOG_PERIOD`` iterations. The run's seed (``SEED``, or one drawn when it
-  is negative) is saved in checkpoints, so ``--resume`` continues the same data order.
+  is negative) is saved in checkpoints, so ``--resume`` continues the same data order;
+* ``MODEL_EMA.ENABLED`` keeps an average of the weights, evaluated instead of the trained ones
+  (:mod:`clusterformer.utils.model_ema`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.dataset_mappers import build_dataset_mapper
 from ..data.resumable_loader import ResumableTrainLoader
 from ..evaluation import build_evaluator
+from ..utils.model_ema import CHECKPOINT_KEY as EMA_CHECKPOINT_KEY
+from ..utils.model_ema import build_model_ema
 from .checkpointer import ClusterFormerCheckpointer
-from .hooks import CheckpointOnSignal, IterationSeed
+from .hooks import CheckpointOnSignal, IterationSeed, ModelEMA
 from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer
 
@@ -102,8 +106,18 @@ class Trainer(DefaultTrainer):
         self._trainer = trainer_cls(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.model_ema = (
+            build_model_ema(model, cfg.MODEL_EMA.DECAY) if cfg.MODEL_EMA.ENABLED else None
+        )
+        ema_checkpointable = {EMA_CHECKPOINT_KEY: self.model_ema} if self.model_ema else {}
+        # Training saves and resumes the trained weights (and the average beside them).
         self.checkpointer = ClusterFormerCheckpointer.from_config(
-            cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            cfg,
+            model,
+            cfg.OUTPUT_DIR,
+            use_ema_weights=False,
+            trainer=weakref.proxy(self),
+            **ema_checkpointable,
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -165,14 +179,19 @@ class Trainer(DefaultTrainer):
         )
 
     def build_hooks(self) -> List[hooks.HookBase]:
-        """Detectron2's hooks, with :class:`IterationSeed` first, :class:`CheckpointOnSignal`
-        just before the evaluation hook (after the LR scheduler has stepped and the periodic
-        checkpointer has run; on every rank, as it all-reduces), and the metric writer's period
-        set to ``SOLVER.LOG_PERIOD``."""
+        """Detectron2's hooks, with :class:`IterationSeed` first, then :class:`ModelEMA` (with
+        ``MODEL_EMA.ENABLED``; the evaluation hook then tests the averaged weights),
+        :class:`CheckpointOnSignal` just before the evaluation hook (after the LR scheduler has
+        stepped and the periodic checkpointer has run; on every rank, as it all-reduces), and the
+        metric writer's period set to ``SOLVER.LOG_PERIOD``."""
         result: List[hooks.HookBase] = [IterationSeed(lambda: self.seed)]
+        if self.model_ema is not None:
+            result.append(ModelEMA(self.model_ema))
         for hook in super().build_hooks():
             if isinstance(hook, hooks.EvalHook) and self.cfg.SOLVER.CHECKPOINT_ON_SIGTERM:
                 result.append(CheckpointOnSignal(self.checkpointer))
+            if isinstance(hook, hooks.EvalHook) and self.model_ema is not None:
+                hook = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_averaged_weights)
             if isinstance(hook, hooks.PeriodicWriter):
                 hook = hooks.PeriodicWriter(self.build_writers(), period=self.cfg.SOLVER.LOG_PERIOD)
             result.append(hook)
@@ -181,6 +200,10 @@ class Trainer(DefaultTrainer):
         ):
             result.append(CheckpointOnSignal(self.checkpointer))
         return result
+
+    def _test_averaged_weights(self):
+        self._last_eval_results = self.test(self.cfg, self.model_ema.module)
+        return self._last_eval_results
 
     def build_writers(self):
         """Detectron2's writers; metrics.json holds medians over ``SOLVER.LOG_PERIOD`` iterations."""

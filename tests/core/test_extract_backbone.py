@@ -49,3 +49,28 @@ def test_a_checkpoint_without_a_backbone_is_refused(tmp_path):
     torch.save({"model": {"head.fc.weight": torch.zeros(2, 2)}}, source)
     with pytest.raises(ValueError, match=r"head_only\.pth has no 'backbone\.\*' tensors"):
         load_tool("extract_backbone").main([str(source), str(tmp_path / "out.pth")])
+
+
+def test_all_keeps_every_model_tensor_and_prefers_the_averaged_weights(tmp_path):
+    trained = {"backbone.w": torch.ones(2), "head.fc.weight": torch.full((2, 2), 3.0)}
+    averaged = {"module.backbone.w": torch.zeros(2), "module.head.fc.weight": torch.ones(2, 2)}
+    averaged["n_averaged"] = torch.tensor(5)
+    plain, with_ema = tmp_path / "plain.pth", tmp_path / "ema.pth"
+    torch.save({"model": trained, "optimizer": {}}, plain)
+    torch.save({"model": trained, "model_ema": averaged, "optimizer": {}}, with_ema)
+    tool = load_tool("extract_backbone")
+
+    assert tool.main(["--all", str(plain), str(tmp_path / "out.pth")]) == 0
+    saved = torch.load(tmp_path / "out.pth", weights_only=True)
+    assert saved["__meta__"]["kept"] == "model"
+    assert set(saved["model"]) == set(trained)
+    torch.testing.assert_close(saved["model"]["head.fc.weight"], trained["head.fc.weight"])
+
+    assert (
+        tool.main(["--all", "--dtype", "float16", str(with_ema), str(tmp_path / "ema_out.pth")])
+        == 0
+    )
+    saved = torch.load(tmp_path / "ema_out.pth", weights_only=True)["model"]
+    assert set(saved) == set(trained)
+    assert saved["head.fc.weight"].dtype == torch.float16
+    torch.testing.assert_close(saved["head.fc.weight"].float(), torch.ones(2, 2))

@@ -32,6 +32,9 @@ DENSE = ["DATASETS.TRAIN", '("shapes_dense_panoptic_train",)']
 # The 2-core budget of `make run` (15 minutes with the environment) holds about 1200 iterations:
 # the 1000-iteration fresh-clone run took 12 min 15 s, about 0.42 s per iteration on 2 threads.
 LONGER = ["SOLVER.MAX_ITER", "1200", "SOLVER.STEPS", "(1080,)"]
+# An exponential moving average of the weights, evaluated instead of them (MODEL_EMA), with a
+# horizon of about 1 / (1 - decay) iterations: the last 100 or 200 of the 1000.
+EMA = ["MODEL_EMA.ENABLED", "True", "MODEL_EMA.DECAY"]
 SCREENING_SEEDS = (0,)
 NOTES = (
     "Screening rows: one seed. Each variant is the earlier recipe (`before`) plus the changes "
@@ -70,6 +73,15 @@ def variants():
             "all three at 1200 iterations (lr / 10 at 1080): what the 15 minutes of `make run` allow",
             seeds=(0, 1, 2),
         ),
+    ] + [
+        Variant(
+            f"make_run_ema_{decay}",
+            CONFIG,
+            BEFORE + DENSE + PRETRAINED + SHAPE + EMA + [decay],
+            f"the `make run` recipe evaluated with an average of its weights (decay {decay})",
+            seeds=(0, 1, 2),
+        )
+        for decay in ("0.99", "0.995")
     ]
 
 
