@@ -132,6 +132,11 @@ def add_segmentation_config(cfg: CN) -> None:
     d.TEST.DETECTION_ON = False
     d.TEST.OBJECT_MASK_THRESHOLD = 0.8
     d.TEST.OVERLAP_THRESHOLD = 0.8
+    # True: an instance mask keeps only its largest connected region, and its box is that
+    # region's (not in Mask2Former or the paper; stray fragments of a query's mask otherwise
+    # stretch its box). Measured on shapes in docs/design_choices.md; objects split by occlusion
+    # (frequent in COCO) would lose their other parts, so the default stays Mask2Former's.
+    d.TEST.INSTANCE_LARGEST_COMPONENT = False
 
 
 def add_detection_config(cfg: CN) -> None:

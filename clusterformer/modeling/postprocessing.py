@@ -15,13 +15,32 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import Tensor
 
 from .box_ops import box_cxcywh_to_xyxy, masks_to_boxes
 
 CLASS_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def keep_largest_component(masks: Tensor) -> Tensor:
+    """``(n, H, W)`` bool masks -> the same with only each mask's largest 4-connected region (the
+    first in raster order among equal ones; an empty mask stays empty). Runs on the CPU
+    (``scipy.ndimage.label``); the result is on the masks' device."""
+    if masks.dim() != 3:
+        raise ValueError(
+            f"keep_largest_component: masks must be (n, H, W), got {tuple(masks.shape)}"
+        )
+    kept = np.zeros(masks.shape, dtype=bool)
+    for i, mask in enumerate(masks.bool().cpu().numpy()):
+        labels, count = ndimage.label(mask)
+        if count:
+            sizes = np.bincount(labels.ravel())[1:]
+            kept[i] = labels == 1 + int(sizes.argmax())
+    return torch.from_numpy(kept).to(masks.device)
 
 
 def class_probabilities(mask_cls: Tensor, class_activation: str = "softmax") -> Tensor:
@@ -274,6 +293,7 @@ def instance_inference(
     panoptic_on: bool = False,
     box_pred: Optional[Tensor] = None,
     class_activation: str = "softmax",
+    largest_component: bool = False,
 ) -> Dict[str, Tensor]:
     """Top-k (query, class) pairs as instances (Mask2Former's rule, with real boxes).
 
@@ -286,6 +306,8 @@ def instance_inference(
         box_pred: ``(Q, 4)`` predicted absolute xyxy boxes at the output size (a box-level
             model); ``None``: boxes are computed from the binary masks.
         class_activation: ``"softmax"`` or ``"sigmoid"`` (module docstring).
+        largest_component: each binary mask keeps only its largest connected region
+            (:func:`keep_largest_component`) before its score and box are computed.
 
     Returns:
         ``pred_masks`` ``(n, H, W)`` bool (``mask logit > 0``); ``scores`` ``(n,)`` = class
@@ -317,6 +339,8 @@ def instance_inference(
         )
     logits = mask_pred[query_idx].float()
     binary = logits > 0
+    if largest_component:
+        binary = keep_largest_component(binary)
     mask_scores = (logits.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
     return {
         "pred_masks": binary,

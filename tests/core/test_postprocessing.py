@@ -7,6 +7,7 @@ import torch
 
 from clusterformer.modeling.postprocessing import (
     instance_inference,
+    keep_largest_component,
     panoptic_inference,
     resize_mask_logits,
     sem_seg_postprocess,
@@ -133,6 +134,36 @@ def test_instance_inference_counts_class_pairs_per_query():
     assert instance_inference(logits, torch.randn(1, 4, 4), test_topk_per_image=100)[
         "scores"
     ].shape == (3,)
+
+
+def test_keep_largest_component_drops_the_other_regions():
+    masks = torch.zeros(3, 5, 6, dtype=torch.bool)
+    masks[0, 0:2, 0:2] = True  # 4 pixels
+    masks[0, 3:5, 3:6] = True  # 6 pixels: kept
+    masks[0, 4, 0] = True  # 1 pixel
+    masks[1, 1, 1] = masks[1, 2, 2] = True  # diagonal neighbours are two regions: the first kept
+    kept = keep_largest_component(masks)
+    expected = torch.zeros_like(masks)
+    expected[0, 3:5, 3:6] = True
+    expected[1, 1, 1] = True
+    assert torch.equal(kept, expected)  # the empty mask 2 stays empty
+    with pytest.raises(ValueError, match=r"\(n, H, W\)"):
+        keep_largest_component(masks[0])
+
+
+def test_instance_inference_largest_component_cleans_masks_scores_and_boxes():
+    mask_pred = _mask(slice(0, 2), slice(0, 2))
+    mask_pred[3, 3] = 1.0  # a stray pixel with a low probability, far from the object
+    mask_cls = _class_logits(0, 0.9)[None]
+    plain = instance_inference(mask_cls, mask_pred[None], test_topk_per_image=1)
+    assert plain["pred_boxes"].tolist() == [[0.0, 0.0, 4.0, 4.0]]
+    cleaned = instance_inference(
+        mask_cls, mask_pred[None], test_topk_per_image=1, largest_component=True
+    )
+    assert cleaned["pred_boxes"].tolist() == [[0.0, 0.0, 2.0, 2.0]]
+    assert int(cleaned["pred_masks"].sum()) == 4
+    assert torch.allclose(cleaned["scores"], 0.9 * torch.sigmoid(torch.tensor(BIG)), atol=1e-5)
+    assert float(cleaned["scores"]) > float(plain["scores"])
 
 
 def test_sem_seg_postprocess_crops_padding_then_resizes():

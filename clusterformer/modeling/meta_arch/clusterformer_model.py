@@ -103,6 +103,7 @@ class ClusterFormer(ClusterFormerSegmenter):
         box_on: bool = False,
         detection_on: bool = False,
         class_activation: str = "softmax",
+        instance_largest_component: bool = False,
     ):
         """
         Args:
@@ -110,6 +111,8 @@ class ClusterFormer(ClusterFormerSegmenter):
             detection_on: return box detections as ``instances`` (when ``instance_on`` does not
                 already return instances, which then carry the predicted boxes).
             class_activation: ``"softmax"`` or ``"sigmoid"`` (focal-loss models) class scores.
+            instance_largest_component: instance masks (and the boxes taken from them) keep only
+                their largest connected region (``instance_inference``).
         """
         super().__init__(backbone, pixel_decoder, transformer_decoder)
         if not mask_on and (semantic_on or panoptic_on or instance_on):
@@ -131,6 +134,7 @@ class ClusterFormer(ClusterFormerSegmenter):
         self.box_on = box_on
         self.detection_on = detection_on
         self.class_activation = class_activation
+        self.instance_largest_component = instance_largest_component
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
@@ -175,6 +179,7 @@ class ClusterFormer(ClusterFormerSegmenter):
             "box_on": d.BOX_ON,
             "detection_on": test.DETECTION_ON,
             "class_activation": "sigmoid" if d.CLASS_LOSS == "sigmoid_focal" else "softmax",
+            "instance_largest_component": test.INSTANCE_LARGEST_COMPONENT,
         }
 
     @property
@@ -283,6 +288,7 @@ class ClusterFormer(ClusterFormerSegmenter):
                             panoptic_on=self.panoptic_on,
                             box_pred=box_pred,
                             class_activation=self.class_activation,
+                            largest_component=self.instance_largest_component,
                         ),
                         (height, width),
                     )
