@@ -8,7 +8,7 @@
         checkpoints/shapes/clusterformer_nano_shapes_panoptic.pth
 
 ``--all`` keeps every model tensor instead (a trained model published for inference, as
-``make reference`` does); a checkpoint trained with ``MODEL_EMA.ENABLED`` gives its averaged
+``make reference-model`` does); a checkpoint trained with ``MODEL_EMA.ENABLED`` gives its averaged
 weights, the ones its evaluation used.
 
 The output is ``{"model": {"backbone.<name>": tensor}, "__meta__": {...}}``, the layout

@@ -1,0 +1,49 @@
+"""tools/experiments/shapes_reference.py: the reference model's curve and published metrics."""
+
+import json
+
+import pytest
+from tool_modules import load_tool
+
+reference = load_tool("experiments/shapes_reference")
+
+
+def _evaluation(iteration, value):
+    return {"iteration": iteration, **{m: value for m in reference.METRICS}}
+
+
+def test_curve_has_one_evaluation_per_iteration_the_last_logged_winning(tmp_path):
+    path = tmp_path / "metrics.json"
+    lines = [
+        {"iteration": 19, "total_loss": 3.0},
+        _evaluation(999, 10.0),
+        _evaluation(1999, 20.0),
+        {"iteration": 1519, "total_loss": 2.0},  # a resumed run logs on from its checkpoint
+        _evaluation(1999, 21.0),
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    curve = reference.evaluations(str(path))
+    assert [row["iteration"] for row in curve] == [1000, 2000]
+    assert curve[1]["panoptic_seg/PQ"] == 21.0
+
+
+def test_a_run_without_evaluations_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"iteration": 19, "total_loss": 3.0}) + "\n")
+    with pytest.raises(ValueError, match="metrics.json holds no evaluation"):
+        reference.evaluations(str(path))
+
+
+def test_markdown_lists_the_curve_and_the_published_row():
+    report = {
+        "command": "python tools/experiments/shapes_reference.py",
+        "date": "2026-12-02",
+        "revision": "abc1234",
+        "machine": "x86_64",
+        "weights": "w.pth",
+        "curve": [{"iteration": 1000, **{m: 1.0 for m in reference.METRICS}}],
+        "published": {m: 2.0 for m in reference.METRICS},
+    }
+    text = reference.markdown(report)
+    assert "| 1000 | 1.00 |" in text
+    assert "**published** (float16, `w.pth`) | **2.00**" in text

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""The reference model of the embedded data: its metrics over training, and those of the
+published weights.
+
+    python tools/experiments/shapes_reference.py [RUN_DIR]   # default output/shapes_panoptic_reference
+
+``make reference-model`` trains configs/shapes/panoptic-segmentation/clusterformer_nano_reference.yaml
+(evaluated every ``TEST.EVAL_PERIOD`` iterations on the 60 val images), publishes its weights in
+float16 and re-evaluates them into ``RUN_DIR/published``, then runs this script. It reads
+``RUN_DIR/metrics.json`` and ``RUN_DIR/published/eval_results.json`` and writes
+docs/experiments/shapes_reference.{json,md} and docs/images/shapes_reference_curves.png. The
+``published`` metrics are those tests/d2/test_reference_model.py re-evaluates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ablation import REPO
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from benchmark_common import code_revision
+
+METRICS = [
+    "panoptic_seg/PQ",
+    "panoptic_seg/PQ_th",
+    "panoptic_seg/PQ_st",
+    "segm/AP",
+    "bbox/AP",
+    "sem_seg/mIoU",
+]
+CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano_reference.yaml"
+REPORT = os.path.join(REPO, "docs", "experiments", "shapes_reference")
+PLOT = os.path.join(REPO, "docs", "images", "shapes_reference_curves.png")
+
+
+def evaluations(metrics_path: str) -> List[Dict[str, float]]:
+    """The evaluations logged in a run's metrics.json, one per iteration (the last one logged
+    wins when a resumed run repeated an iteration), sorted by iteration."""
+    by_iteration: Dict[int, Dict[str, float]] = {}
+    with open(metrics_path) as f:
+        for line in f:
+            entry = json.loads(line)
+            if METRICS[0] in entry:
+                by_iteration[int(entry["iteration"]) + 1] = {m: entry[m] for m in METRICS}
+    if not by_iteration:
+        raise ValueError(f"{metrics_path} holds no evaluation ({METRICS[0]} never logged)")
+    return [{"iteration": i, **values} for i, values in sorted(by_iteration.items())]
+
+
+def published_metrics(results_path: str) -> Dict[str, float]:
+    with open(results_path) as f:
+        results = json.load(f)
+    return {m: float(results[m.split("/")[0]][m.split("/")[1]]) for m in METRICS}
+
+
+def plot(curve: List[Dict[str, float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    iterations = [row["iteration"] for row in curve]
+    for metric in METRICS:
+        ax.plot(iterations, [row[metric] for row in curve], marker="o", label=metric)
+    ax.set_xlabel("iteration (batch 8)")
+    ax.set_ylabel("metric on the 60 shapes val images")
+    ax.set_title("ClusterFormer nano reference model (clustering decoder, seed 0)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def markdown(report: Dict) -> str:
+    lines = [
+        "# The reference model of the embedded data (shapes panoptic)",
+        "",
+        f"Produced by `{report['command']}` on {report['date']} at revision {report['revision']} "
+        f"({report['machine']}); the run was trained by `make reference-model` ({CONFIG}).",
+        "",
+        "| iteration | " + " | ".join(METRICS) + " |",
+        "|---" * (len(METRICS) + 1) + "|",
+    ]
+    for row in report["curve"]:
+        values = " | ".join(_fmt(row[m]) for m in METRICS)
+        lines.append(f"| {row['iteration']} | {values} |")
+    published = report["published"]
+    lines += [
+        f"| **published** (float16, `{report['weights']}`) | "
+        + " | ".join(f"**{_fmt(published[m])}**" for m in METRICS)
+        + " |",
+        "",
+        "Every row but the last is the evaluation of the run at that iteration (float32). The "
+        "last row re-evaluates the published float16 weights with the config as it is now "
+        "(tests/d2/test_reference_model.py checks it).",
+        "",
+        "![metrics over iterations](../images/shapes_reference_curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", nargs="?", default="output/shapes_panoptic_reference")
+    parser.add_argument(
+        "--weights", default="checkpoints/shapes/clusterformer_nano_shapes_panoptic.pth"
+    )
+    args = parser.parse_args(argv)
+    curve = evaluations(os.path.join(args.run_dir, "metrics.json"))
+    published = published_metrics(os.path.join(args.run_dir, "published", "eval_results.json"))
+    report = {
+        "command": " ".join(
+            ["python", "tools/experiments/shapes_reference.py", *(argv or sys.argv[1:])]
+        ),
+        "date": datetime.date.today().isoformat(),
+        "revision": code_revision(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
+        "config": CONFIG,
+        "weights": args.weights,
+        "curve": curve,
+        "published": published,
+    }
+    with open(REPORT + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+    with open(REPORT + ".md", "w") as f:
+        f.write(markdown(report))
+    plot(curve, PLOT)
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
