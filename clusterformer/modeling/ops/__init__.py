@@ -6,6 +6,15 @@ from .ms_deform_attn import (
     extension_available,
     ms_deform_attn,
     ms_deform_attn_pytorch,
+    reference_implementation,
+    reference_implementation_forced,
 )
 
-__all__ = ["MSDeformAttn", "extension_available", "ms_deform_attn", "ms_deform_attn_pytorch"]
+__all__ = [
+    "MSDeformAttn",
+    "extension_available",
+    "ms_deform_attn",
+    "ms_deform_attn_pytorch",
+    "reference_implementation",
+    "reference_implementation_forced",
+]

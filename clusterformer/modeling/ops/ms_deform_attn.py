@@ -17,17 +17,20 @@ Implementations. :func:`ms_deform_attn` runs the compiled kernels of ``clusterfo
 float32/float64; CUDA: float32/float16/bfloat16/float64) when the extension is built for the
 inputs' device, and otherwise the pure-PyTorch reference :func:`ms_deform_attn_pytorch`, warning
 once per process that the extension is missing. ``CLUSTERFORMER_DISABLE_EXT=1`` (read at every
-call) or ``use_extension=False`` forces the reference. Inputs of different floating dtypes are
+call), ``use_extension=False`` or the :func:`reference_implementation` context (what the exporters
+use: a traced graph can hold neither the extension's kernels nor its autograd function) forces the
+reference. Inputs of different floating dtypes are
 promoted to a common one. float16/bfloat16 inputs on the CPU are computed in float32 (upcast,
 then the output is cast back), in either implementation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from typing import Set
+from typing import Iterator, Set
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +52,30 @@ _KERNEL_DEVICES = ("cpu", "cuda")
 _CPU_UPCAST_DTYPES = (torch.float16, torch.bfloat16)
 # Reasons already warned about in this process (each fallback warns once).
 _warned: Set[str] = set()
+# Depth of the active reference_implementation() contexts; > 0 forces the PyTorch reference.
+_reference_depth = 0
+
+
+@contextlib.contextmanager
+def reference_implementation() -> Iterator[None]:
+    """Run every :func:`ms_deform_attn` call inside the context with the pure-PyTorch reference
+    (``grid_sample``), whatever ``use_extension`` says.
+
+    TorchScript tracing and ONNX export need it: the compiled kernels are a pybind extension
+    behind an ``autograd.Function``, which a traced graph records as an opaque Python op that can
+    neither be saved nor exported. Nestable; not thread-local (export from one thread).
+    """
+    global _reference_depth
+    _reference_depth += 1
+    try:
+        yield
+    finally:
+        _reference_depth -= 1
+
+
+def reference_implementation_forced() -> bool:
+    """Whether a :func:`reference_implementation` context is active."""
+    return _reference_depth > 0
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -202,6 +229,8 @@ class _MSDeformAttnFunction(torch.autograd.Function):
 
 def _use_extension(device: torch.device, use_extension: bool | None) -> bool:
     """Decides between the compiled kernels and the reference (see :func:`ms_deform_attn`)."""
+    if _reference_depth > 0:
+        return False
     if use_extension is None:
         if os.environ.get(DISABLE_EXTENSION_ENV, "0") not in ("", "0"):
             return False
@@ -243,7 +272,8 @@ def ms_deform_attn(
         use_extension: ``None`` (default): the compiled kernels when ``clusterformer._C`` has them
             for the inputs' device and ``CLUSTERFORMER_DISABLE_EXT`` is unset, else the reference
             (warning once if the extension is missing). ``False``: always the reference. ``True``:
-            the compiled kernels, raising RuntimeError if they are unavailable.
+            the compiled kernels, raising RuntimeError if they are unavailable. Inside a
+            :func:`reference_implementation` context the reference runs in every case.
 
     Returns:
         ``(N, Lq, M * D)`` in the promoted dtype of value, sampling_locations and
