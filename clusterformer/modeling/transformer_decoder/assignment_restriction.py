@@ -107,4 +107,5 @@ def restrict_within(outer: Tensor, inner: Tensor) -> Tensor:
     """
     both = outer & inner
     empty = ~both.any(dim=-1, keepdim=True)
-    return torch.where(empty, outer, both)
+    # torch.where(empty, outer, both) in logical ops: ONNX Runtime has no Where for bool tensors.
+    return both | (outer & empty)

@@ -79,14 +79,25 @@ def mask_box_crops(mask_logits: Tensor, resolution: int, threshold: float = 0.5)
     inside = probs[:, 0] > threshold  # (N, H, W)
     boxes = masks_to_boxes(inside)  # (N, 4) xyxy pixel edges, zeros for an empty mask
     empty = ~inside.flatten(1).any(dim=1)
-    boxes[empty] = torch.tensor([0.0, 0.0, W, H], device=boxes.device)
+    canvas = torch.tensor([0.0, 0.0, W, H], device=boxes.device)
+    boxes = torch.where(empty[:, None], canvas, boxes)
     x0, y0, x1, y1 = boxes.unbind(dim=1)
     # Box centre and half-size in grid_sample's [-1, 1] coordinates.
     cx, sx = (x0 + x1) / W - 1.0, (x1 - x0) / W
     cy, sy = (y0 + y1) / H - 1.0, (y1 - y0) / H
-    theta = torch.zeros(B * Q, 2, 3, device=probs.device)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, sy, cy
-    grid = F.affine_grid(theta, [B * Q, 1, resolution, resolution], align_corners=False)
+    # The grid of F.affine_grid(theta = [[sx, 0, cx], [0, sy, cy]], align_corners=False), written
+    # out: the same base coordinates (its linspace), and ONNX has no affine_grid before opset 20.
+    base = torch.linspace(-1.0, 1.0, resolution, device=probs.device)
+    base = base * (resolution - 1) / resolution
+    grid_x = sx[:, None] * base + cx[:, None]  # (N, R): x of each output column
+    grid_y = sy[:, None] * base + cy[:, None]  # (N, R): y of each output row
+    grid = torch.stack(
+        [
+            grid_x[:, None, :].expand(-1, resolution, -1),
+            grid_y[:, :, None].expand(-1, -1, resolution),
+        ],
+        dim=-1,
+    )  # (N, R, R, 2)
     crops = F.grid_sample(probs, grid, mode="bilinear", align_corners=False)
     return crops.reshape(B, Q, resolution, resolution)
 
