@@ -278,6 +278,12 @@ class ClusterFormerPredictor:
         self.test_transform = build_test_transform(cfg)
         self.model = build_model(self.cfg)
         self.model.eval()
+        self._load_weights()
+
+    def _load_weights(self) -> None:
+        """Load ``MODEL.WEIGHTS`` into ``self.model`` (the exported-model predictor of
+        :mod:`clusterformer.deploy.predictor` overrides it: its network is the export)."""
+        cfg = self.cfg
         load_weights(
             self.model, cfg.MODEL.WEIGHTS, cfg.MODEL.WEIGHTS_ALLOW_PICKLE, cfg.MODEL_EMA.ENABLED
         )
