@@ -35,6 +35,8 @@ from clusterformer.utils.image_io import UnreadableImageError, read_image_uint8
 from clusterformer.utils.visualizer import PredictionVisualizer, render_cluster_maps
 
 WINDOW_NAME = "ClusterFormer"
+# What runs the network (--backend): the eager model or an export of tools/deploy/export_model.py.
+BACKENDS = ("pytorch", "torchscript", "onnxruntime")
 # Extensions OpenCV writes; outputs of other inputs (GIF, ...) are written as PNG.
 WRITABLE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Unreadable frames tolerated in a row before a video is considered finished.
@@ -96,6 +98,20 @@ def get_parser() -> argparse.ArgumentParser:
         "--no-cluster-labels",
         action="store_true",
         help="do not label the decoder's clusters with their queries' predicted classes",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="pytorch",
+        help="what runs the network: the eager model (pytorch, default) or an export of "
+        "tools/deploy/export_model.py (torchscript, onnxruntime; give it with --export); the "
+        "pre- and post-processing are the same",
+    )
+    parser.add_argument(
+        "--export",
+        metavar="FILE",
+        help="the .ts (torchscript) or .onnx (onnxruntime) file for --backend; it runs at the "
+        "input size it was exported at only (docs/deployment.md)",
     )
     parser.add_argument(
         "--opts",
@@ -212,7 +228,16 @@ class Demo:
     def __init__(self, cfg: CfgNode, task: str, args: argparse.Namespace):
         self.task = task
         self.args = args
-        self.predictor = ClusterFormerPredictor(cfg, confidence_threshold=args.confidence_threshold)
+        if args.backend == "pytorch":
+            self.predictor = ClusterFormerPredictor(
+                cfg, confidence_threshold=args.confidence_threshold
+            )
+        else:
+            from clusterformer.deploy.predictor import ExportedPredictor
+
+            self.predictor = ExportedPredictor(
+                cfg, args.export, confidence_threshold=args.confidence_threshold
+            )
         self.metadata = self.predictor.metadata
         self.summary = DemoSummary()
         if args.show_clusters:
@@ -392,6 +417,27 @@ def describe(outputs: dict) -> str:
     return ", ".join(parts) or "done"
 
 
+def check_backend(args: argparse.Namespace) -> None:
+    """Raise ValueError on a --backend / --export combination the demo cannot run."""
+    if args.backend == "pytorch":
+        if args.export:
+            raise ValueError("--export is read by --backend torchscript / onnxruntime only")
+        return
+    if not args.export:
+        raise ValueError(f"--backend {args.backend} needs the exported model: --export FILE")
+    suffixes = {"torchscript": (".ts", ".pt"), "onnxruntime": (".onnx",)}[args.backend]
+    if not args.export.endswith(suffixes):
+        raise ValueError(
+            f"--backend {args.backend} runs {' / '.join(suffixes)} files, got --export "
+            f"{args.export!r}"
+        )
+    if args.show_clusters:
+        raise ValueError(
+            "--show-clusters needs the eager backbone's cluster assignments, which an export "
+            "does not return; use --backend pytorch"
+        )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> DemoSummary:
     """Run the demo with command-line arguments ``argv`` (default: ``sys.argv[1:]``)."""
     args = get_parser().parse_args(argv)
@@ -402,6 +448,7 @@ def main(argv: Optional[Sequence[str]] = None) -> DemoSummary:
         raise ValueError(
             f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}"
         )
+    check_backend(args)
     files, missing = expand_inputs(args.input) if args.input else ([], [])
     if args.output and args.input and not output_is_folder(args.output) and len(files) > 1:
         raise ValueError(
