@@ -9,7 +9,7 @@ reference = load_tool("experiments/shapes_reference")
 
 
 def _evaluation(iteration, value):
-    return {"iteration": iteration, **{m: value for m in reference.METRICS}}
+    return {"iteration": iteration, **dict.fromkeys(reference.METRICS, value)}
 
 
 def test_curve_has_one_evaluation_per_iteration_the_last_logged_winning(tmp_path):
@@ -41,9 +41,22 @@ def test_markdown_lists_the_curve_and_the_published_row():
         "revision": "abc1234",
         "machine": "x86_64",
         "weights": "w.pth",
-        "curve": [{"iteration": 1000, **{m: 1.0 for m in reference.METRICS}}],
-        "published": {m: 2.0 for m in reference.METRICS},
+        "curve": [{"iteration": 1000, **dict.fromkeys(reference.METRICS, 1.0)}],
+        "published": dict.fromkeys(reference.METRICS, 2.0),
+        "curve_largest_component": False,
+        "published_largest_component": True,
     }
     text = reference.markdown(report)
     assert "| 1000 | 1.00 |" in text
     assert "**published** (float16, `w.pth`) | **2.00**" in text
+    assert "(float32), instance masks and boxes with every region" in text
+    assert "boxes reduced to their largest connected region" in text
+
+
+def test_the_flag_is_read_from_each_config(tmp_path):
+    (tmp_path / "on.yaml").write_text(
+        "MODEL:\n  CLUSTER_DECODER:\n    TEST:\n      INSTANCE_LARGEST_COMPONENT: true\n"
+    )
+    (tmp_path / "old.yaml").write_text("MODEL:\n  CLUSTER_DECODER:\n    TEST: {}\n")
+    assert reference.largest_component(str(tmp_path / "on.yaml")) is True
+    assert reference.largest_component(str(tmp_path / "old.yaml")) is False

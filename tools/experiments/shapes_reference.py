@@ -56,6 +56,17 @@ def evaluations(metrics_path: str) -> List[Dict[str, float]]:
     return [{"iteration": i, **values} for i, values in sorted(by_iteration.items())]
 
 
+def largest_component(config_path: str) -> bool:
+    """``MODEL.CLUSTER_DECODER.TEST.INSTANCE_LARGEST_COMPONENT`` of a run's config.yaml (False
+    where the key is absent)."""
+    import yaml
+
+    with open(config_path) as f:
+        cfg = yaml.safe_load(f)
+    test = cfg.get("MODEL", {}).get("CLUSTER_DECODER", {}).get("TEST", {})
+    return bool(test.get("INSTANCE_LARGEST_COMPONENT", False))
+
+
 def published_metrics(results_path: str) -> Dict[str, float]:
     with open(results_path) as f:
         results = json.load(f)
@@ -87,6 +98,10 @@ def _fmt(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
+def _components(largest: bool) -> str:
+    return "reduced to their largest connected region" if largest else "with every region"
+
+
 def markdown(report: Dict) -> str:
     lines = [
         "# The reference model of the embedded data (shapes panoptic)",
@@ -106,9 +121,12 @@ def markdown(report: Dict) -> str:
         + " | ".join(f"**{_fmt(published[m])}**" for m in METRICS)
         + " |",
         "",
-        "Every row but the last is the evaluation of the run at that iteration (float32). The "
-        "last row re-evaluates the published float16 weights with the config as it is now "
-        "(tests/d2/test_reference_model.py checks it).",
+        "Every row but the last is the evaluation of the run at that iteration (float32), "
+        f"instance masks and boxes {_components(report['curve_largest_component'])}. The last "
+        "row re-evaluates the published float16 weights with the config as it is now "
+        f"(tests/d2/test_reference_model.py checks it), instance masks and boxes "
+        f"{_components(report['published_largest_component'])} "
+        "(`MODEL.CLUSTER_DECODER.TEST.INSTANCE_LARGEST_COMPONENT`, docs/design_choices.md).",
         "",
         "![metrics over iterations](../images/shapes_reference_curves.png)",
         "",
@@ -135,7 +153,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "config": CONFIG,
         "weights": args.weights,
         "curve": curve,
+        "curve_largest_component": largest_component(os.path.join(args.run_dir, "config.yaml")),
         "published": published,
+        "published_largest_component": largest_component(
+            os.path.join(args.run_dir, "published", "config.yaml")
+        ),
     }
     with open(REPORT + ".json", "w") as f:
         json.dump(report, f, indent=2)
