@@ -23,6 +23,7 @@ from clusterformer.utils.image_io import read_image_uint8
 
 TOLERANCE = 1e-4
 NUM_VAL_IMAGES = 3
+DETECTION_CONFIG = "configs/shapes/detection/clusterformer_nano.yaml"
 
 
 def load_export_tool():
@@ -172,3 +173,22 @@ def test_demo_runs_on_the_onnx_export(panoptic_exports, shapes_panoptic_checkpoi
     )
     assert not summary.failures and len(summary.processed) == 1
     assert summary.outputs and all(os.path.isfile(p) for p in summary.outputs)
+
+
+@pytest.mark.slow
+def test_exported_detector_gives_the_eager_detections(shapes_detection_checkpoint, tmp_path):
+    """The box-only detector (pred_boxes, no masks) through TorchScript: the same detections."""
+    path = run_export(DETECTION_CONFIG, shapes_detection_checkpoint, "torchscript", tmp_path)
+    cfg = make_cfg(DETECTION_CONFIG, shapes_detection_checkpoint)
+    eager, exported = ClusterFormerPredictor(cfg), ExportedPredictor(cfg, path)
+    detections = 0
+    for record in DatasetCatalog.get(cfg.DATASETS.TEST[0])[:NUM_VAL_IMAGES]:
+        image = read_image_uint8(record["file_name"], "BGR")
+        expected, actual = eager(image)["instances"], exported(image)["instances"]
+        assert torch.equal(actual.pred_classes, expected.pred_classes)
+        torch.testing.assert_close(actual.scores, expected.scores, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            actual.pred_boxes.tensor, expected.pred_boxes.tensor, rtol=0, atol=TOLERANCE
+        )
+        detections += len(expected)
+    assert detections > 0
