@@ -175,11 +175,16 @@ def exportable(model: nn.Module) -> Tuple[nn.Module, str, List[str]]:
         return model, "segmentation", list(model.output_names)
     if isinstance(model, ClassifierOutputs):
         return model, "classification", ["logits"]
+    # A wrapper takes the training flag of what it wraps (a new module is in training mode).
     if hasattr(model, "predict") and hasattr(model, "transformer_decoder"):
         names = segmenter_output_names(model)
-        return SegmenterOutputs(model, names), "segmentation", names
+        wrapper = SegmenterOutputs(model, names)
+        wrapper.training = model.training
+        return wrapper, "segmentation", names
     if hasattr(model, "backbone") and hasattr(model, "head"):
-        return ClassifierOutputs(model.backbone, model.head), "classification", ["logits"]
+        wrapper = ClassifierOutputs(model.backbone, model.head)
+        wrapper.training = model.training
+        return wrapper, "classification", ["logits"]
     raise TypeError(
         f"Cannot export a {type(model).__name__}: expected a ClusterFormer segmenter (with "
         "predict() and transformer_decoder) or a classifier (with backbone and head)"
@@ -187,16 +192,25 @@ def exportable(model: nn.Module) -> Tuple[nn.Module, str, List[str]]:
 
 
 @contextlib.contextmanager
-def export_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode, no gradients, the deformable attention's PyTorch reference, and the model's
-    training flag restored afterwards."""
-    was_training = model.training
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the context; afterwards every submodule gets back its own training flag
+    (not ``model.train(model.training)``: a fresh export wrapper is in training mode while the
+    model it wraps may be in eval mode, and must be left so)."""
+    flags = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        with torch.no_grad(), reference_implementation():
-            yield
+        yield
     finally:
-        model.train(was_training)
+        for module, training in flags:
+            module.training = training
+
+
+@contextlib.contextmanager
+def export_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (:func:`eval_mode`), no gradients and the deformable attention's PyTorch
+    reference."""
+    with eval_mode(model), torch.no_grad(), reference_implementation():
+        yield
 
 
 def _check_sample(images: Tensor) -> None:
@@ -372,12 +386,7 @@ def eager_outputs(model: nn.Module, images: Tensor) -> Dict[str, Tensor]:
     """The eager model's raw outputs on ``images``, named as the export names them (its
     reference for parity checks; the compiled deformable-attention kernels run if built)."""
     module, _, names = exportable(model)
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            out = module(images)
-    finally:
-        module.train(was_training)
+    with eval_mode(module), torch.no_grad():
+        out = module(images)
     out = (out,) if isinstance(out, Tensor) else out
     return dict(zip(names, out))

@@ -182,10 +182,16 @@ def test_export_rejects_what_it_cannot_export(segmenter, tmp_path):
         ExportedModel(Path(tmp_path / "orphan.ts"))
 
 
-def test_export_traces_in_eval_mode_and_restores_the_training_flag(images):
-    model = small_segmenter().train()
+def test_export_traces_in_eval_mode_and_restores_the_training_flags(images):
+    model = small_segmenter().eval()
+    trace_torchscript(model, images)
+    eager_outputs(model, images)
+    # An eval model stays in eval mode (a fresh wrapper around it is in training mode, and
+    # restoring the wrapper's flag once put the model into training mode).
+    assert not any(m.training for m in model.modules())
+    model.train()
     traced, _ = trace_torchscript(model, images)
-    assert model.training
+    assert all(m.training for m in model.modules())
     model.eval()
     # Traced in eval mode: no deep-supervision masks, the eval-mode outputs.
     assert_parity(
