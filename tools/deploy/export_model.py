@@ -165,8 +165,7 @@ def main(argv: List[str] | None = None) -> int:
         "sample": source,
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
     }
-    # The reference is computed before tracing: with the large models, eager outputs computed
-    # after a trace in the same process were seen to differ (docs/deployment.md).
+    # The reference is the eager model as given, before anything is traced.
     eager = eager_outputs(predictor.model, images)
     path, metadata = export(
         predictor.model, images, Path(args.output), args.format, opset=args.opset, extra=extra
