@@ -42,15 +42,20 @@ REPORT = os.path.join(REPO, "docs", "experiments", "shapes_reference")
 PLOT = os.path.join(REPO, "docs", "images", "shapes_reference_curves.png")
 
 
-def evaluations(metrics_path: str) -> List[Dict[str, float]]:
+def evaluations(metrics_path: str, max_iter: Optional[int] = None) -> List[Dict[str, float]]:
     """The evaluations logged in a run's metrics.json, one per iteration (the last one logged
-    wins when a resumed run repeated an iteration), sorted by iteration."""
+    wins when a resumed run repeated an iteration), sorted by iteration; each at the number of
+    iterations trained (the final evaluation is logged one step past the last, so the count is
+    capped at ``max_iter``)."""
     by_iteration: Dict[int, Dict[str, float]] = {}
     with open(metrics_path) as f:
         for line in f:
             entry = json.loads(line)
             if METRICS[0] in entry:
-                by_iteration[int(entry["iteration"]) + 1] = {m: entry[m] for m in METRICS}
+                trained = int(entry["iteration"]) + 1
+                if max_iter is not None:
+                    trained = min(trained, max_iter)
+                by_iteration[trained] = {m: entry[m] for m in METRICS}
     if not by_iteration:
         raise ValueError(f"{metrics_path} holds no evaluation ({METRICS[0]} never logged)")
     return [{"iteration": i, **values} for i, values in sorted(by_iteration.items())]
@@ -141,7 +146,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--weights", default="checkpoints/shapes/clusterformer_nano_shapes_panoptic.pth"
     )
     args = parser.parse_args(argv)
-    curve = evaluations(os.path.join(args.run_dir, "metrics.json"))
+    import yaml
+
+    with open(os.path.join(args.run_dir, "config.yaml")) as f:
+        max_iter = int(yaml.safe_load(f)["SOLVER"]["MAX_ITER"])
+    curve = evaluations(os.path.join(args.run_dir, "metrics.json"), max_iter)
     published = published_metrics(os.path.join(args.run_dir, "published", "eval_results.json"))
     report = {
         "command": " ".join(
