@@ -27,6 +27,26 @@ TIMER_HELP = {
 }
 
 
+# The `make run` model's pixel decoder and decoder (configs/shapes/panoptic-segmentation/
+# clusterformer_nano.yaml) as keyword arguments of build_clusterformer_segmenter, for the tools
+# that build it without detectron2.
+MAKE_RUN_PIXEL_DECODER_KWARGS = {
+    "conv_dim": 64,
+    "mask_dim": 64,
+    "num_layers": 2,
+    "n_heads": 4,
+    "dim_feedforward": 256,
+}
+MAKE_RUN_DECODER_KWARGS = {
+    "hidden_dim": 64,
+    "num_queries": 20,
+    "nheads": 4,
+    "dim_feedforward": 256,
+    "dec_layers": 6,
+    "mask_shape_resolution": 16,
+}
+
+
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

@@ -38,7 +38,13 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
-from benchmark_common import code_revision, device_name, synchronize  # noqa: E402
+from benchmark_common import (  # noqa: E402
+    MAKE_RUN_DECODER_KWARGS,
+    MAKE_RUN_PIXEL_DECODER_KWARGS,
+    code_revision,
+    device_name,
+    synchronize,
+)
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
 DEFAULT_VARIANTS = [
@@ -194,22 +200,8 @@ def build_core_model(overrides: Dict[str, float]) -> torch.nn.Module:
         num_classes,
         backbone="nano",
         backbone_kwargs={"drop_path_rate": 0.0},
-        pixel_decoder_kwargs={
-            "conv_dim": 64,
-            "mask_dim": 64,
-            "num_layers": 2,
-            "n_heads": 4,
-            "dim_feedforward": 256,
-        },
-        decoder_kwargs={
-            "hidden_dim": 64,
-            "num_queries": 20,
-            "nheads": 4,
-            "dim_feedforward": 256,
-            "dec_layers": 6,
-            "semantic_head": semantic > 0,
-            "mask_shape_resolution": 16,
-        },
+        pixel_decoder_kwargs=MAKE_RUN_PIXEL_DECODER_KWARGS,
+        decoder_kwargs={**MAKE_RUN_DECODER_KWARGS, "semantic_head": semantic > 0},
     )
     matcher = HungarianMatcher(2.0, 5.0, 5.0, num_points=points)
     losses = ("labels", "masks") + (("mask_id",) if mask_id > 0 else ())

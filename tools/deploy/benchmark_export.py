@@ -36,7 +36,14 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
-from benchmark_common import load_average, median_seconds, run_metadata, time_alternating  # noqa: E402
+from benchmark_common import (  # noqa: E402
+    MAKE_RUN_DECODER_KWARGS,
+    MAKE_RUN_PIXEL_DECODER_KWARGS,
+    load_average,
+    median_seconds,
+    run_metadata,
+    time_alternating,
+)
 
 from clusterformer.deploy import ExportedModel, export  # noqa: E402
 from clusterformer.deploy.export import exportable  # noqa: E402
@@ -53,21 +60,8 @@ def build_model(name: str) -> torch.nn.Module:
         model = build_clusterformer_segmenter(
             7,
             backbone="nano",
-            pixel_decoder_kwargs={
-                "conv_dim": 64,
-                "mask_dim": 64,
-                "n_heads": 4,
-                "dim_feedforward": 256,
-                "num_layers": 2,
-            },
-            decoder_kwargs={
-                "hidden_dim": 64,
-                "num_queries": 20,
-                "nheads": 4,
-                "dim_feedforward": 256,
-                "dec_layers": 6,
-                "mask_shape_resolution": 16,
-            },
+            pixel_decoder_kwargs=MAKE_RUN_PIXEL_DECODER_KWARGS,
+            decoder_kwargs=MAKE_RUN_DECODER_KWARGS,
         )
     elif name == "tiny":
         model = build_clusterformer_segmenter(133, backbone="tiny")
