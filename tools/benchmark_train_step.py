@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib
 import json
 import math
 import os
@@ -180,16 +181,24 @@ class Contender(TimedSteps):
         return self.model(batch)
 
 
-def build_core_model(overrides: Dict[str, float]) -> torch.nn.Module:
+def build_core_model(
+    overrides: Dict[str, float], package: str = "clusterformer"
+) -> torch.nn.Module:
     """The `make run` model without detectron2: what ``Trainer.build_model`` builds from
     :data:`CONFIG` (nano backbone, 64-d pixel decoder with 2 deformable layers, 6-layer
     clustering decoder with 20 queries and mask-shape class inputs, 7 classes), as a
     ``ClusterFormerSegmenter`` with its ``criterion``; random init, as there (MODEL.WEIGHTS is
     loaded by the checkpointer, not by build_model). tests/core/test_gpu_check.py checks its
-    parameters against Trainer.build_model where detectron2 is installed."""
-    from clusterformer.modeling.criterion import SetCriterion
-    from clusterformer.modeling.matcher import HungarianMatcher
-    from clusterformer.modeling.segmenter import build_clusterformer_segmenter
+    parameters against Trainer.build_model where detectron2 is installed. ``package``: the
+    name the package is imported under (tools/compare_revisions.py imports a second revision
+    under another name)."""
+
+    def load(module: str, name: str):
+        return getattr(importlib.import_module(f"{package}.modeling.{module}"), name)
+
+    SetCriterion = load("criterion", "SetCriterion")
+    HungarianMatcher = load("matcher", "HungarianMatcher")
+    build_clusterformer_segmenter = load("segmenter", "build_clusterformer_segmenter")
 
     values = {**CORE_OVERRIDES, **overrides}
     points = int(values["MODEL.CLUSTER_DECODER.TRAIN_NUM_POINTS"])

@@ -19,6 +19,8 @@ copied from the working tree when ``clusterformer/csrc`` and ``setup.py`` did no
   working tree's, and the ClusterFormer-T backbone (224 and 512, inference and training step)
   and panoptic model (512, inference) of both, with the same weights, are timed alternately
   call by call in one process (no process-to-process variance); the outputs are compared too.
+  ``--cases make_run_step`` times a training step of the `make run` model instead (its
+  modules, criterion and AdamW without detectron2, as ``benchmark_train_step.py --core``).
 
 Writes ``<output-dir>/revisions_<device><suffix>.json`` and ``.md``.
 """
@@ -42,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK_FILES = ("tools/benchmark.py", "tools/benchmark_common.py", "tools/count_params_flops.py")
 ROW_KEY = ("suite", "model", "height", "width", "batch", "mode")
+IN_PROCESS_CASES = ("backbone", "panoptic", "make_run_step")
 
 
 def git(*args: str, cwd: str = REPO) -> str:
@@ -106,12 +109,22 @@ def measure_in_process(tree: str, temp: str, args: argparse.Namespace) -> Tuple[
         "before": importlib.import_module("clusterformer_before.modeling.segmenter"),
         "after": importlib.import_module("clusterformer.modeling.segmenter"),
     }
-    cases = [
-        ("ClusterFormer-T backbone", s, mode) for s in (224, 512) for mode in ("inference", "train")
-    ]
-    cases.append(("ClusterFormer-T panoptic", 512, "inference"))
+    cases = []
+    if "backbone" in args.cases:
+        cases += [
+            ("ClusterFormer-T backbone", s, mode)
+            for s in (224, 512)
+            for mode in ("inference", "train")
+        ]
+    if "panoptic" in args.cases:
+        cases.append(("ClusterFormer-T panoptic", 512, "inference"))
+    if "make_run_step" in args.cases:
+        cases.append((MAKE_RUN_STEP, 160, "train step"))
     rows = []
     for name, size, mode in cases:
+        if name == MAKE_RUN_STEP:
+            rows.append(time_make_run_step(args))
+            continue
         models = {}
         for side, module in sides.items():
             torch.manual_seed(0)
@@ -151,6 +164,66 @@ def measure_in_process(tree: str, temp: str, args: argparse.Namespace) -> Tuple[
     return rows, meta
 
 
+MAKE_RUN_STEP = "make run model (nano, batch 8)"
+
+
+def time_make_run_step(args: argparse.Namespace) -> dict:
+    """One training step (forward, losses, backward, AdamW) of the `make run` model of both
+    revisions (``benchmark_train_step.build_core_model``, the same weights, the same batch of
+    rendered scenes); the output difference is that of the total loss of the first step, with
+    the same random points on both sides."""
+    import numpy as np
+    import torch
+    from benchmark_common import median_seconds, time_alternating
+    from benchmark_train_step import CORE_IMAGE_SIZE, build_core_model, core_scene_batch
+
+    packages = {"before": "clusterformer_before", "after": "clusterformer"}
+    torch.manual_seed(0)
+    models = {side: build_core_model({}, package).train() for side, package in packages.items()}
+    models["after"].load_state_dict(models["before"].state_dict())
+    images, targets = core_scene_batch(np.random.default_rng(0), 8)
+    images = images.float()
+
+    def make_step(model):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+
+        def step():
+            losses = model.criterion.weight_losses(model.criterion(model.predict(images), targets))
+            loss = sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            return loss.detach()
+
+        return step
+
+    steps = {side: make_step(model) for side, model in models.items()}
+    first = {}
+    for side, step in steps.items():
+        torch.manual_seed(1)
+        first[side] = step()
+    diff = (first["before"] - first["after"]).abs().item()
+    latency = median_seconds(time_alternating(steps, "cpu", 1, args.repeats, "wall"))
+    row = {
+        "suite": "in-process",
+        "model": MAKE_RUN_STEP,
+        "height": CORE_IMAGE_SIZE,
+        "width": CORE_IMAGE_SIZE,
+        "batch": 8,
+        "mode": "train step",
+        "before_ms": latency["before"] * 1e3,
+        "after_ms": latency["after"] * 1e3,
+        "max_abs_output_diff": diff,
+    }
+    print(
+        f"[in-process] {MAKE_RUN_STEP} train step: before {row['before_ms']:.1f} ms, after "
+        f"{row['after_ms']:.1f} ms, |first loss diff| {diff:.1e}",
+        flush=True,
+    )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -163,6 +236,13 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true", help="see the module docstring")
     parser.add_argument("--repeats", type=int, default=7, help="--in-process repeats")
     parser.add_argument("--threads", type=int, default=None, help="--in-process threads")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=IN_PROCESS_CASES,
+        default=list(IN_PROCESS_CASES),
+        help="--in-process: what to time (default: all)",
+    )
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])

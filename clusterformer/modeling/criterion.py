@@ -241,7 +241,10 @@ class SetCriterion(nn.Module):
         indices,
         num_masks: float,
         generator: Optional[torch.Generator] = None,
+        target_masks: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
+        """``target_masks``: ``(sum_b n_b, H', W')`` fp32, every image's target masks in order
+        (stacked from ``targets`` when None; :meth:`forward` stacks them once for all layers)."""
         pred_masks = outputs["pred_masks"]
         batch_idx, query_idx = self._prediction_index(indices)
         if batch_idx.numel() == 0:
@@ -251,7 +254,12 @@ class SetCriterion(nn.Module):
         src = pred_masks[batch_idx.to(pred_masks.device), query_idx.to(pred_masks.device)].float()[
             :, None
         ]
-        tgt = self._matched_target_masks(targets, indices).to(src.device)[:, None]
+        if target_masks is None:
+            target_masks = self._stacked_target_masks(targets)
+        target_masks = target_masks.to(src.device)
+        # Row of target_masks of each matched target, in the order of src.
+        offsets = torch.tensor([0] + [len(t["masks"]) for t in targets]).cumsum(0)
+        tgt_index = torch.cat([j + offsets[b] for b, (_, j) in enumerate(indices)]).to(src.device)
         with torch.autocast(device_type=src.device.type, enabled=False):
             if self.num_points > 0:
                 with torch.no_grad():
@@ -263,12 +271,17 @@ class SetCriterion(nn.Module):
                         self.importance_sample_ratio,
                         generator,
                     )
-                    tgt_points = point_sample(tgt, points)[:, 0]
+                    # Each target is read at its match's points where it lies, instead of
+                    # gathering the full-resolution masks of every layer's matches (targets
+                    # without a match are read at one dummy point set and dropped).
+                    grid = points.new_zeros(len(target_masks), *points.shape[1:])
+                    grid[tgt_index] = points
+                    tgt_points = point_sample(target_masks[:, None], grid)[tgt_index, 0]
                 src_points = point_sample(src, points)[:, 0]
             else:
-                tgt_points = tgt.flatten(1)
+                tgt_points = target_masks[tgt_index].flatten(1)
                 src_points = F.interpolate(
-                    src, size=tgt.shape[-2:], mode="bilinear", align_corners=False
+                    src, size=target_masks.shape[-2:], mode="bilinear", align_corners=False
                 ).flatten(1)
             return {
                 "loss_mask": sigmoid_ce_loss(src_points, tgt_points, num_masks),
@@ -327,14 +340,18 @@ class SetCriterion(nn.Module):
         return batch_idx, query_idx
 
     @staticmethod
-    def _matched_target_masks(targets: List[Dict[str, Tensor]], indices) -> Tensor:
-        sizes = {tuple(t["masks"].shape[-2:]) for t in targets if t["masks"].shape[0] > 0}
+    def _stacked_target_masks(targets: List[Dict[str, Tensor]]) -> Tensor:
+        """Every image's target masks in one ``(sum_b n_b, H', W')`` fp32 tensor."""
+        masks = [t["masks"] for t in targets if t["masks"].shape[0] > 0]
+        sizes = {tuple(m.shape[-2:]) for m in masks}
         if len(sizes) > 1:
             raise ValueError(
                 "SetCriterion: target masks of one batch must share the padded input size, got "
                 f"{sorted(sizes)}"
             )
-        return torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).float()
+        if not masks:
+            return torch.zeros(0, 1, 1, device=targets[0]["masks"].device if targets else None)
+        return torch.cat(masks).float()
 
     def num_target_masks(self, targets: List[Dict[str, Tensor]], device: torch.device) -> float:
         """Targets per worker, averaged over the workers of torch.distributed if any (>= 1)."""
@@ -352,6 +369,7 @@ class SetCriterion(nn.Module):
         targets: List[Dict[str, Tensor]],
         num_masks: float,
         generator: Optional[torch.Generator],
+        target_masks: Optional[Tensor],
     ) -> Dict[str, Tensor]:
         indices = self.matcher(outputs, targets, generator=generator)
         losses: Dict[str, Tensor] = {}
@@ -359,7 +377,9 @@ class SetCriterion(nn.Module):
             if name == "labels":
                 losses.update(self.loss_labels(outputs, targets, indices, num_masks))
             elif name == "masks":
-                losses.update(self.loss_masks(outputs, targets, indices, num_masks, generator))
+                losses.update(
+                    self.loss_masks(outputs, targets, indices, num_masks, generator, target_masks)
+                )
             elif name == "boxes":
                 losses.update(self.loss_boxes(outputs, targets, indices, num_masks))
             elif name == "mask_id":
@@ -378,13 +398,22 @@ class SetCriterion(nn.Module):
                 f"SetCriterion: {logits.shape[0]} predictions but {len(targets)} targets"
             )
         num_masks = self.num_target_masks(targets, logits.device)
+        target_masks = None
+        uses_masks = "masks" in self.losses or self.matcher.uses_masks
+        if uses_masks and all("masks" in t for t in targets):
+            # Converted once for every layer's matching and losses (not once per layer and
+            # image); the targets' masks become views of it.
+            target_masks = self._stacked_target_masks(targets).to(logits.device)
+            views = target_masks.split([len(t["masks"]) for t in targets])
+            targets = [{**t, "masks": v} if len(v) else t for t, v in zip(targets, views)]
         main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        losses = self._losses_for(main, targets, num_masks, generator)
+        losses = self._losses_for(main, targets, num_masks, generator, target_masks)
         if "semantic" in self.losses:
             losses.update(self.loss_semantic(main, targets))
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                for k, v in self._losses_for(aux, targets, num_masks, generator).items():
+                aux_losses = self._losses_for(aux, targets, num_masks, generator, target_masks)
+                for k, v in aux_losses.items():
                     losses[f"{k}_{i}"] = v
         return losses
 

@@ -30,29 +30,29 @@ def batch_sigmoid_ce_cost(inputs: Tensor, targets: Tensor) -> Tensor:
     """Mean sigmoid binary cross-entropy of every prediction against every target.
 
     Args:
-        inputs: ``(Q, P)`` logits; targets: ``(T, P)`` in ``[0, 1]``.
+        inputs: ``(..., Q, P)`` logits; targets: ``(..., T, P)`` in ``[0, 1]``.
 
     Returns:
-        ``(Q, T)``.
+        ``(..., Q, T)``.
     """
-    P = inputs.shape[1]
-    pos = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
-    return (pos @ targets.T + neg @ (1 - targets).T) / P
+    # BCE(x, 1) = softplus(-x) = softplus(x) - x and BCE(x, 0) = softplus(x), so
+    # sum_p BCE(x_p, t_p) = sum_p softplus(x_p) - x . t: one softplus and one product.
+    P = inputs.shape[-1]
+    return (F.softplus(inputs).sum(-1, keepdim=True) - inputs @ targets.transpose(-2, -1)) / P
 
 
 def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
     """``1 - (2 |p t| + 1) / (|p| + |t| + 1)`` of every prediction against every target.
 
     Args:
-        inputs: ``(Q, P)`` logits; targets: ``(T, P)`` in ``[0, 1]``.
+        inputs: ``(..., Q, P)`` logits; targets: ``(..., T, P)`` in ``[0, 1]``.
 
     Returns:
-        ``(Q, T)``.
+        ``(..., Q, T)``.
     """
     probs = inputs.sigmoid()
-    numerator = 2 * probs @ targets.T
-    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    numerator = 2 * probs @ targets.transpose(-2, -1)
+    denominator = probs.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 
 
@@ -128,23 +128,33 @@ class HungarianMatcher(nn.Module):
         return self.cost_bbox != 0 or self.cost_giou != 0
 
     def _mask_costs(
-        self, pred_masks: Tensor, tgt_masks: Tensor, generator: Optional[torch.Generator]
-    ) -> Tuple[Tensor, Tensor]:
-        """``pred_masks`` ``(Q, H, W)``, ``tgt_masks`` ``(T, H', W')`` -> BCE, Dice ``(Q, T)``."""
-        pred = pred_masks.float()[:, None]
-        tgt = tgt_masks.float()[:, None]
+        self,
+        pred_masks: Tensor,
+        tgt_masks: List[Tensor],
+        generator: Optional[torch.Generator],
+    ) -> List[Tuple[Tensor, Tensor]]:
+        """``pred_masks`` ``(B, Q, H, W)`` and ``B`` target masks ``(n_b, H', W')`` (every
+        ``n_b > 0``) -> per image the BCE and Dice costs ``(Q, n_b)``.
+
+        The predictions of all images are read in one call (and their points drawn in one call,
+        which on the CPU is the same random stream as one draw per image)."""
+        pred = pred_masks.float()
         if self.num_points > 0:
-            points = random_points(1, self.num_points, pred.device, generator)
-            tgt_points = point_sample(tgt, points.expand(tgt.shape[0], -1, -1))[:, 0]
-            pred_points = point_sample(pred, points.expand(pred.shape[0], -1, -1))[:, 0]
+            points = random_points(len(tgt_masks), self.num_points, pred.device, generator)
+            pred_points = point_sample(pred, points)  # (B, Q, P)
+            tgt_points = [
+                point_sample(tgt.float()[:, None], p.expand(len(tgt), -1, -1))[:, 0]
+                for tgt, p in zip(tgt_masks, points[:, None])
+            ]
         else:
-            tgt_points = tgt.flatten(1)
-            pred_points = F.interpolate(
-                pred, size=tgt.shape[-2:], mode="bilinear", align_corners=False
-            ).flatten(1)
-        return batch_sigmoid_ce_cost(pred_points, tgt_points), batch_dice_cost(
-            pred_points, tgt_points
-        )
+            size = tgt_masks[0].shape[-2:]
+            pred_points = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
+            pred_points = pred_points.flatten(2)
+            tgt_points = [tgt.float().flatten(1) for tgt in tgt_masks]
+        # One batched product for all images, their targets padded with empty masks.
+        tgt = nn.utils.rnn.pad_sequence(tgt_points, batch_first=True)  # (B, T_max, P)
+        bce, dice = batch_sigmoid_ce_cost(pred_points, tgt), batch_dice_cost(pred_points, tgt)
+        return [(bce[b, :, :n], dice[b, :, :n]) for b, n in enumerate(map(len, tgt_masks))]
 
     @torch.no_grad()
     def cost_matrices(
@@ -163,9 +173,21 @@ class HungarianMatcher(nn.Module):
                 raise KeyError(
                     f"HungarianMatcher: a {key[5:-2]} cost is on but outputs lack {key!r}"
                 )
+        nonempty = [b for b, t in enumerate(targets) if t["labels"].numel() > 0]
         with torch.autocast(device_type=logits.device.type, enabled=False):
             if self.class_cost_type == "softmax":
                 probs = logits.float().softmax(-1)
+            mask_costs = {}
+            if self.uses_masks and nonempty:
+                for b in nonempty:
+                    if "masks" not in targets[b]:
+                        raise KeyError(
+                            f"HungarianMatcher: target {b} has no 'masks' but a mask cost is on"
+                        )
+                pred_masks = outputs["pred_masks"][nonempty]
+                tgt_masks = [targets[b]["masks"] for b in nonempty]
+                costs_of = self._mask_costs(pred_masks, tgt_masks, generator)
+                mask_costs = dict(zip(nonempty, costs_of))
             costs = []
             for b, target in enumerate(targets):
                 labels = target["labels"]
@@ -179,13 +201,7 @@ class HungarianMatcher(nn.Module):
                         logits[b].float(), labels, self.focal_alpha, self.focal_gamma
                     )
                 if self.uses_masks:
-                    if "masks" not in target:
-                        raise KeyError(
-                            f"HungarianMatcher: target {b} has no 'masks' but a mask cost is on"
-                        )
-                    bce, dice = self._mask_costs(
-                        outputs["pred_masks"][b], target["masks"], generator
-                    )
+                    bce, dice = mask_costs[b]
                     cost = cost + self.cost_mask * bce + self.cost_dice * dice
                 if self.uses_boxes:
                     if "boxes" not in target:

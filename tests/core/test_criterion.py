@@ -261,3 +261,39 @@ def test_semantic_loss_needs_the_semantic_head_output():
     outputs, targets, _ = _tiny_case()
     with pytest.raises(KeyError, match="pred_semantic"):
         _criterion(num_points=0, losses=("labels", "semantic"))(outputs, targets)
+
+
+def test_point_losses_equal_gathering_the_matched_masks():
+    """The point losses read each target mask at its match's points in place; against the
+    direct computation (gather the matched masks, sample them at the same points), with an
+    image that has more targets than queries (some unmatched) and one without targets."""
+    from clusterformer.modeling.criterion import dice_loss, sigmoid_ce_loss
+    from clusterformer.modeling.point_sampling import (
+        calculate_uncertainty,
+        get_uncertain_point_coords_with_randomness,
+        point_sample,
+    )
+
+    torch.manual_seed(0)
+    Q, H, W = 3, 8, 8
+    counts = (2, 5, 0)
+    targets = [
+        {"labels": torch.randint(0, K, (n,)), "masks": torch.rand(n, 2 * H, 2 * W) > 0.5}
+        for n in counts
+    ]
+    outputs = {"pred_logits": torch.randn(3, Q, K + 1), "pred_masks": torch.randn(3, Q, H, W)}
+    criterion = _criterion(num_points=40, deep_supervision=False)
+    indices = [(torch.arange(min(Q, n)), torch.randperm(n)[:Q].sort().values) for n in counts]
+    indices[1] = (torch.tensor([0, 1, 2]), torch.tensor([4, 0, 2]))
+
+    got = criterion.loss_masks(outputs, targets, indices, 7.0, torch.Generator().manual_seed(5))
+
+    src = torch.cat([outputs["pred_masks"][b, q] for b, (q, _) in enumerate(indices)])[:, None]
+    tgt = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)]).float()[:, None]
+    points = get_uncertain_point_coords_with_randomness(
+        src, calculate_uncertainty, 40, 3.0, 0.75, torch.Generator().manual_seed(5)
+    )
+    src_points, tgt_points = point_sample(src, points)[:, 0], point_sample(tgt, points)[:, 0]
+    assert torch.allclose(got["loss_mask"], sigmoid_ce_loss(src_points, tgt_points, 7.0))
+    assert torch.allclose(got["loss_dice"], dice_loss(src_points, tgt_points, 7.0))
+    assert tgt_points.min() < 1 and tgt_points.max() > 0  # the targets are not constant
