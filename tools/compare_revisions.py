@@ -28,8 +28,10 @@ Writes ``<output-dir>/revisions_<device><suffix>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -105,10 +107,11 @@ def measure_in_process(tree: str, temp: str, args: argparse.Namespace) -> Tuple[
     sys.path.insert(0, alias)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sides = {
-        "before": importlib.import_module("clusterformer_before.modeling.segmenter"),
-        "after": importlib.import_module("clusterformer.modeling.segmenter"),
-    }
+    with detectron2_layer_hidden():
+        sides = {
+            "before": importlib.import_module("clusterformer_before.modeling.segmenter"),
+            "after": importlib.import_module("clusterformer.modeling.segmenter"),
+        }
     cases = []
     if "backbone" in args.cases:
         cases += [
@@ -167,6 +170,23 @@ def measure_in_process(tree: str, temp: str, args: argparse.Namespace) -> Tuple[
 MAKE_RUN_STEP = "make run model (nano, batch 8)"
 
 
+@contextlib.contextmanager
+def detectron2_layer_hidden():
+    """Imports the packages' model cores as without detectron2: with it, importing a package
+    registers its data sets in Detectron2's catalog, and a second revision's package would
+    register them again (an error); the model core does not use the Detectron2 layer."""
+    find_spec = importlib.util.find_spec
+
+    def hiding(name, *args, **kwargs):
+        return None if name == "detectron2" else find_spec(name, *args, **kwargs)
+
+    importlib.util.find_spec = hiding
+    try:
+        yield
+    finally:
+        importlib.util.find_spec = find_spec
+
+
 def time_make_run_step(args: argparse.Namespace) -> dict:
     """One training step (forward, losses, backward, AdamW) of the `make run` model of both
     revisions (``benchmark_train_step.build_core_model``, the same weights, the same batch of
@@ -179,7 +199,8 @@ def time_make_run_step(args: argparse.Namespace) -> dict:
 
     packages = {"before": "clusterformer_before", "after": "clusterformer"}
     torch.manual_seed(0)
-    models = {side: build_core_model({}, package).train() for side, package in packages.items()}
+    with detectron2_layer_hidden():
+        models = {side: build_core_model({}, p).train() for side, p in packages.items()}
     models["after"].load_state_dict(models["before"].state_dict())
     images, targets = core_scene_batch(np.random.default_rng(0), 8)
     images = images.float()
