@@ -74,7 +74,7 @@ SUITES = ("backbones", "panoptic", "scaling", "components", "compile")
 DEFAULT_SUITES = ("backbones", "panoptic", "scaling", "components")
 MODES = ("inference", "train")
 COCO_PANOPTIC_CLASSES = 133
-# method.md: analytic GMACs of the released code at 224x224 (7x7 windows, 10x10 = 100 centres).
+# docs/method.md: analytic GMACs of the released code at 224x224 (7x7 windows, 10x10 = 100 centres).
 METHOD_MD_GMACS = {"tiny": 6.8, "small": 11.8}
 TARGET_PANOPTIC_RATIO = 1.0
 TARGET_SCALING_EXPONENT = 1.1
@@ -631,7 +631,7 @@ def ratios(rows: List[dict]) -> List[dict]:
 
 def flops_against_method_md(size_classes: Sequence[str]) -> List[dict]:
     """GMACs at 224 of our presets, default (2x2 centres) and with the released setting's
-    10x10 centres, against method.md's analytic figures of the released code."""
+    10x10 centres, against docs/method.md's analytic figures of the released code."""
     out = []
     for size_class in size_classes:
         for k in (2, 10):

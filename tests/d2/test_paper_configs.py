@@ -1,5 +1,5 @@
 """The COCO, ADE20K and ImageNet configs (which no CPU machine can train): each loads through its
-``_BASE_`` chain, carries the recipe of method.md, builds its model and takes one optimiser step
+``_BASE_`` chain, carries the recipe of docs/method.md, builds its model and takes one optimiser step
 on a small synthetic batch on the CPU with every parameter receiving a gradient."""
 
 import glob
@@ -22,7 +22,7 @@ PAPER_CONFIGS = sorted(
         os.path.join(REPO, "configs", folder, "**", "clusterformer_*.yaml"), recursive=True
     )
 )
-# method.md §1: Tiny 2/2/6/2 and Small 2/2/18/2 blocks.
+# docs/method.md §1: Tiny 2/2/6/2 and Small 2/2/18/2 blocks.
 DEPTHS = {"tiny": [2, 2, 6, 2], "small": [2, 2, 18, 2]}
 
 

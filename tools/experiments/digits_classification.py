@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Digits classification: ClusterFormer vs ordinary cross-attention vs a non-clustering mixer,
-and the backbone flag ablation that chose the defaults (method.md §1).
+and the backbone flag ablation that chose the defaults (docs/method.md §1).
 
     OMP_NUM_THREADS=1 python tools/experiments/digits_classification.py [--seeds 0 1 2]
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Shapes panoptic segmentation: the clustering decoder against ordinary masked cross-attention
-(Mask2Former's), at the same budget and seeds (method.md §2).
+(Mask2Former's), at the same budget and seeds (docs/method.md §2).
 
     OMP_NUM_THREADS=2 python tools/experiments/shapes_segmentation.py [--seeds 0 1 2]
 

@@ -1,4 +1,4 @@
-"""The ClusterFormer backbone (method.md §1): image-level clustering, plain PyTorch.
+"""The ClusterFormer backbone (docs/method.md §1): image-level clustering, plain PyTorch.
 
 ``ClusterFormerBackbone(images) -> {"res2": ..., "res5": ...}``. The RGB image gets two coordinate
 channels, a 4x4 stride-4 stem embeds the 5 channels, and four stages of clustering blocks run at
@@ -112,7 +112,7 @@ class ClusterBlock(nn.Module):
 class Downsample(nn.Module):
     """Stride-2 convolution between stages: (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2)).
 
-    kernel_size 3 (padding 1; method.md and the released tiny/small presets) or 2 (no overlap; the
+    kernel_size 3 (padding 1; docs/method.md and the released tiny/small presets) or 2 (no overlap; the
     released base class's default, which matches the paper's parameter counts). With kernel 2 an
     odd map is zero-padded on the bottom/right first.
     """

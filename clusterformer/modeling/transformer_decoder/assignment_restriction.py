@@ -4,9 +4,9 @@ A restriction is a ``(B, Q, h * w)`` bool tensor, True where token ``n`` of the 
 assigned to query ``q`` (see :mod:`.cross_attention`). It comes from the previous prediction of
 the decoder and carries no gradient:
 
-* pixel level (method.md §2): the query's predicted mask, thresholded (Mask2Former's attention
+* pixel level (docs/method.md §2): the query's predicted mask, thresholded (Mask2Former's attention
   mask), :func:`mask_assignment_restriction`;
-* box level (method.md §3): the query's current box, :func:`box_assignment_restriction`;
+* box level (docs/method.md §3): the query's current box, :func:`box_assignment_restriction`;
 * both: :func:`restrict_within` (mask AND box, falling back to the box).
 
 Token ``(i, j)`` of an ``h x w`` level covers the cell ``[j / w, (j + 1) / w] x [i / h, (i + 1) / h]``

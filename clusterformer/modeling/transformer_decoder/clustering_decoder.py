@@ -1,4 +1,4 @@
-"""Query-level clustering transformer decoder (method.md §2, §3).
+"""Query-level clustering transformer decoder (docs/method.md §2, §3).
 
 ``N`` learnable queries are the cluster centres. Each of ``L`` layers visits one scale of the pixel
 decoder (lowest resolution first, cycling) and runs
