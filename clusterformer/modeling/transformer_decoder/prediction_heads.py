@@ -78,7 +78,7 @@ def mask_box_crops(mask_logits: Tensor, resolution: int, threshold: float = 0.5)
     probs = mask_logits.detach().float().sigmoid().reshape(B * Q, 1, H, W)
     inside = probs[:, 0] > threshold  # (N, H, W)
     boxes = masks_to_boxes(inside)  # (N, 4) xyxy pixel edges, zeros for an empty mask
-    empty = ~inside.flatten(1).any(dim=1)
+    empty = boxes[:, 2] == 0  # a non-empty mask's right edge is at least 1
     canvas = torch.tensor([0.0, 0.0, W, H], device=boxes.device)
     boxes = torch.where(empty[:, None], canvas, boxes)
     x0, y0, x1, y1 = boxes.unbind(dim=1)
