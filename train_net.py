@@ -31,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 from clusterformer.config_files import load_config
 from clusterformer.data.datasets.user_registration import REGISTER_HELP, run_registration_files
 from clusterformer.engine import ClusterFormerCheckpointer, Trainer
+from clusterformer.engine.trainer import check_config, write_eval_results
 
 
 def setup(args):
@@ -38,6 +39,7 @@ def setup(args):
     unknown key is an error naming it and the file or the command line that set it)."""
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
+    check_config(cfg)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clusterformer")
     # After the handlers exist (default_setup logs the parsed arguments; this is the command as
@@ -62,6 +64,10 @@ def main(args):
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            # As Mask2Former: both evaluations, the augmented one under <key>_TTA.
+            results = {**results, **Trainer.test_with_TTA(cfg, model)}
+            write_eval_results(cfg, results)
         if comm.is_main_process():
             verify_results(cfg, results)
         return results

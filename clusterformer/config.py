@@ -220,6 +220,11 @@ def add_reliability_config(cfg: CN) -> None:
     # SIGTERM (e.g. a cluster pre-empting the job): finish the current iteration, save a
     # checkpoint, and exit with status 143, so that --resume continues from there.
     cfg.SOLVER.CHECKPOINT_ON_SIGTERM = True
+    # How many periodic checkpoints (model_<iteration>.pth) stay in OUTPUT_DIR, the newest ones;
+    # model_final.pth and the one last_checkpoint names are always kept. None keeps every one
+    # (Detectron2's behaviour: evaluating or averaging earlier checkpoints needs them); a 50-epoch
+    # COCO run (368750 iterations, CHECKPOINT_PERIOD 5000) otherwise leaves 73 of them.
+    cfg.SOLVER.MAX_TO_KEEP = None
     # Iterations between two writes of metrics.json / the console / TensorBoard; the logged
     # losses are medians over this many iterations (1: every iteration's own values).
     cfg.SOLVER.LOG_PERIOD = 20

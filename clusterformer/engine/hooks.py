@@ -6,6 +6,8 @@
   happened in between (evaluation, data-loader start-up, a checkpoint load).
 * :class:`ModelEMA`: updates the average of the weights (``MODEL_EMA``,
   :mod:`clusterformer.utils.model_ema`) after every step.
+* :class:`PeriodicCheckpointer`: Detectron2's periodic checkpointer hook that keeps only the
+  ``max_to_keep`` newest periodic checkpoints of the output folder (``SOLVER.MAX_TO_KEEP``).
 * :class:`CheckpointOnSignal`: on SIGTERM (a cluster pre-empting or cancelling the job) finishes
   the current iteration, saves ``model_<iteration>.pth`` and exits with status ``128 + signal``.
   Processes forked while it is installed (evaluation pools such as panopticapi's, data-loader
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
+from detectron2.engine import hooks as d2_hooks
 from detectron2.utils import comm
 from torch.optim.swa_utils import AveragedModel
 
@@ -52,6 +56,81 @@ class ModelEMA(HookBase):
     @torch.no_grad()
     def after_step(self) -> None:
         self.ema.update_parameters(unwrap(self.trainer.model))
+
+
+def check_max_to_keep(value: object, key: str = "SOLVER.MAX_TO_KEEP") -> Optional[int]:
+    """``value`` if it is ``None`` (keep every checkpoint) or a positive int, else ``ValueError``
+    naming ``key``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{key}={value!r}: must be a positive integer (the number of periodic checkpoints "
+            "kept, the newest ones) or None to keep them all"
+        )
+    return value
+
+
+class PeriodicCheckpointer(d2_hooks.PeriodicCheckpointer):
+    """Detectron2's ``PeriodicCheckpointer`` hook (``model_<iteration>.pth`` every ``period``
+    iterations, ``model_final.pth`` at the end) that keeps only the ``max_to_keep`` newest periodic
+    checkpoints (``None``: all of them, Detectron2's behaviour).
+
+    fvcore's own ``max_to_keep`` only counts the checkpoints this process wrote, so every
+    ``--resume`` would leave the previous run's checkpoints behind, and a checkpoint saved on
+    SIGTERM (:class:`CheckpointOnSignal`) would never be deleted. Here, after each periodic save,
+    the output folder is listed instead: of the files ``model_<7 digits>.pth`` whose iteration is
+    at most the current one, all but the ``max_to_keep`` highest iterations are deleted.
+    ``model_final.pth``, the file ``last_checkpoint`` names, and checkpoints of later iterations
+    (left by a run that went further before this one restarted from an earlier point) are never
+    deleted.
+    """
+
+    def __init__(
+        self,
+        checkpointer,
+        period: int,
+        max_to_keep: Optional[int] = None,
+        file_prefix: str = "model",
+    ):
+        keep = check_max_to_keep(max_to_keep)
+        # fvcore's retention stays off (None): this class does its own, over the whole folder.
+        super().__init__(checkpointer, period, max_to_keep=None, file_prefix=file_prefix)
+        self.keep = keep
+        self._periodic_name = re.compile(rf"^{re.escape(file_prefix)}_(\d{{7}})\.pth$")
+
+    def step(self, iteration: int, **kwargs) -> None:
+        super().step(iteration, **kwargs)
+        if self.keep is not None and (int(iteration) + 1) % self.period == 0:
+            self.delete_old_checkpoints(int(iteration))
+
+    def delete_old_checkpoints(self, iteration: int) -> List[str]:
+        """Delete the periodic checkpoints beyond the ``keep`` newest ones up to ``iteration``
+        (see the class docstring); returns the deleted paths."""
+        checkpointer = self.checkpointer
+        if not checkpointer.save_dir or not checkpointer.save_to_disk:
+            return []
+        latest = os.path.basename(checkpointer.get_checkpoint_file())
+        periodic = []
+        for path in checkpointer.get_all_checkpoint_files():
+            match = self._periodic_name.match(os.path.basename(path))
+            if match and int(match.group(1)) <= iteration:
+                periodic.append((int(match.group(1)), path))
+        periodic.sort()
+        deleted = []
+        for _, path in periodic[: max(0, len(periodic) - self.keep)]:
+            if os.path.basename(path) == latest:
+                continue
+            self.path_manager.rm(path)
+            deleted.append(path)
+        if deleted:
+            logger.info(
+                "Deleted %d old checkpoint(s) (SOLVER.MAX_TO_KEEP=%d): %s",
+                len(deleted),
+                self.keep,
+                ", ".join(os.path.basename(p) for p in deleted),
+            )
+        return deleted
 
 
 class TrainingInterrupted(SystemExit):

@@ -18,7 +18,12 @@ Differences from ``DefaultTrainer``:
   written every ``SOLVER.LOG_PERIOD`` iterations. The run's seed (``SEED``, or one drawn when it
   is negative) is saved in checkpoints, so ``--resume`` continues the same data order;
 * ``MODEL_EMA.ENABLED`` keeps an average of the weights, evaluated instead of the trained ones
-  (:mod:`clusterformer.utils.model_ema`).
+  (:mod:`clusterformer.utils.model_ema`);
+* ``SOLVER.MAX_TO_KEEP`` keeps only the newest periodic checkpoints, across ``--resume`` too
+  (:class:`~.hooks.PeriodicCheckpointer`);
+* ``TEST.AUG.ENABLED`` adds Mask2Former's semantic-segmentation test-time augmentation after the
+  final evaluation (:meth:`Trainer.test_with_TTA`; results under ``<task>_TTA``), and is refused
+  for every other task (:mod:`.test_time_augmentation`).
 """
 
 from __future__ import annotations
@@ -47,9 +52,16 @@ from ..evaluation import build_evaluator
 from ..utils.model_ema import CHECKPOINT_KEY as EMA_CHECKPOINT_KEY
 from ..utils.model_ema import build_model_ema
 from .checkpointer import ClusterFormerCheckpointer
-from .hooks import CheckpointOnSignal, IterationSeed, ModelEMA
+from .hooks import (
+    CheckpointOnSignal,
+    IterationSeed,
+    ModelEMA,
+    PeriodicCheckpointer,
+    check_max_to_keep,
+)
 from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer
+from .test_time_augmentation import SemanticSegmentorWithTTA, check_test_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +73,26 @@ def create_ddp_model(model: nn.Module, **kwargs: Any) -> nn.Module:
     device = next(model.parameters()).device
     device_ids = [comm.get_local_rank()] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, **kwargs)
+
+
+def check_config(cfg: CfgNode) -> None:
+    """The trainer's config checks that need no model or data: ``SOLVER.MAX_TO_KEEP`` and
+    ``TEST.AUG`` (errors name the key). train_net.py runs them before anything is built."""
+    check_max_to_keep(cfg.SOLVER.MAX_TO_KEEP)
+    check_test_augmentation(cfg)
+
+
+def write_eval_results(cfg: CfgNode, results: Dict[str, Any]) -> str:
+    """Write ``results`` atomically to ``OUTPUT_DIR/eval_results.json`` (main process); returns
+    the path."""
+    path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+    if comm.is_main_process():
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(results, f, indent=2, default=float)
+        os.replace(path + ".tmp", path)
+        logger.info("Evaluation results written to %s", path)
+    return path
 
 
 def resolve_seed(cfg: CfgNode) -> int:
@@ -82,6 +114,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        check_config(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
             raise ValueError(
@@ -180,10 +213,13 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self) -> List[hooks.HookBase]:
         """Detectron2's hooks, with :class:`IterationSeed` first, then :class:`ModelEMA` (with
-        ``MODEL_EMA.ENABLED``; the evaluation hook then tests the averaged weights),
-        :class:`CheckpointOnSignal` just before the evaluation hook (after the LR scheduler has
-        stepped and the periodic checkpointer has run; on every rank, as it all-reduces), and the
-        metric writer's period set to ``SOLVER.LOG_PERIOD``."""
+        ``MODEL_EMA.ENABLED``; the evaluation hook then tests the averaged weights), the periodic
+        checkpointer keeping ``SOLVER.MAX_TO_KEEP`` checkpoints, :class:`CheckpointOnSignal` just
+        before the evaluation hook (after the LR scheduler has stepped and the periodic
+        checkpointer has run; on every rank, as it all-reduces), with ``TEST.AUG.ENABLED`` an
+        evaluation with test-time augmentation after the final one (Mask2Former's
+        ``EvalHook(0, test_with_TTA)``, before the writers so its metrics reach metrics.json),
+        and the metric writer's period set to ``SOLVER.LOG_PERIOD``."""
         result: List[hooks.HookBase] = [IterationSeed(lambda: self.seed)]
         if self.model_ema is not None:
             result.append(ModelEMA(self.model_ema))
@@ -192,9 +228,17 @@ class Trainer(DefaultTrainer):
                 result.append(CheckpointOnSignal(self.checkpointer))
             if isinstance(hook, hooks.EvalHook) and self.model_ema is not None:
                 hook = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_averaged_weights)
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                hook = PeriodicCheckpointer(
+                    self.checkpointer,
+                    self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                    max_to_keep=self.cfg.SOLVER.MAX_TO_KEEP,
+                )
             if isinstance(hook, hooks.PeriodicWriter):
                 hook = hooks.PeriodicWriter(self.build_writers(), period=self.cfg.SOLVER.LOG_PERIOD)
             result.append(hook)
+            if isinstance(hook, hooks.EvalHook) and self.cfg.TEST.AUG.ENABLED:
+                result.append(hooks.EvalHook(0, self._test_with_tta_after_training))
         if self.cfg.SOLVER.CHECKPOINT_ON_SIGTERM and not any(
             isinstance(h, CheckpointOnSignal) for h in result
         ):
@@ -204,6 +248,17 @@ class Trainer(DefaultTrainer):
     def _test_averaged_weights(self):
         self._last_eval_results = self.test(self.cfg, self.model_ema.module)
         return self._last_eval_results
+
+    def _test_with_tta_after_training(self) -> Dict[str, Any]:
+        """The final evaluation with test-time augmentation, of the evaluated weights (the
+        average with ``MODEL_EMA.ENABLED``); eval_results.json then holds both evaluations."""
+        model = self.model_ema.module if self.model_ema is not None else self.model
+        results = self.test_with_TTA(self.cfg, model)
+        if comm.is_main_process():
+            write_eval_results(
+                self.cfg, {**(getattr(self, "_last_eval_results", None) or {}), **results}
+            )
+        return results
 
     def build_writers(self):
         """Detectron2's writers; metrics.json holds medians over ``SOLVER.LOG_PERIOD`` iterations."""
@@ -219,6 +274,15 @@ class Trainer(DefaultTrainer):
         """Detectron2's resume (or ``MODEL.WEIGHTS`` load), then start the training loader at the
         resumed iteration with the run's seed."""
         super().resume_or_load(resume=resume)
+        # Every process reads OUTPUT_DIR/last_checkpoint itself; on machines that do not share
+        # OUTPUT_DIR, the others would start from another iteration and the collectives hang.
+        start_iters = comm.all_gather(self.start_iter)
+        if len(set(start_iters)) > 1:
+            raise RuntimeError(
+                f"The training processes resumed at different iterations (by rank: {start_iters}): "
+                f"OUTPUT_DIR={self.cfg.OUTPUT_DIR!r} must be one folder shared by every machine "
+                "(a network file system), so that --resume finds the same last_checkpoint"
+            )
         data_loader = self._trainer.data_loader
         if isinstance(data_loader, ResumableTrainLoader):
             data_loader.reset(self.start_iter, self.seed)
@@ -269,12 +333,34 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None) -> OrderedDict[str, Dict]:
+        """Detectron2's evaluation of ``model`` on ``DATASETS.TEST``; the results are also
+        written to ``OUTPUT_DIR/eval_results.json``."""
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
-            with open(path + ".tmp", "w") as f:
-                json.dump(results, f, indent=2, default=float)
-            os.replace(path + ".tmp", path)
-            logger.info("Evaluation results written to %s", path)
+            write_eval_results(cfg, results)
         return results
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model: nn.Module) -> OrderedDict[str, Dict]:  # noqa: N802
+        """Evaluate ``model`` wrapped in :class:`SemanticSegmentorWithTTA` (``TEST.AUG``), as
+        Mask2Former's ``Trainer.test_with_TTA``: evaluator outputs under
+        ``OUTPUT_DIR/inference_TTA/<data set>``, results keyed ``<key>_TTA`` (``sem_seg_TTA`` for
+        one test set, ``<data set>_TTA`` for several). Not written to eval_results.json here:
+        the callers merge them with the evaluation without augmentation."""
+        check_test_augmentation(cfg)
+        logger.info(
+            "Evaluating with test-time augmentation: short sides %s (long side <= %d)%s",
+            list(cfg.TEST.AUG.MIN_SIZES),
+            cfg.TEST.AUG.MAX_SIZE,
+            ", and their mirror images" if cfg.TEST.AUG.FLIP else "",
+        )
+        tta_model = SemanticSegmentorWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        # Detectron2's evaluation (this class's test would write eval_results.json).
+        results = super().test(cfg, tta_model, evaluators)
+        return OrderedDict((f"{key}_TTA", value) for key, value in results.items())
