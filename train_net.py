@@ -7,7 +7,14 @@ instance / semantic / panoptic segmentation; the config picks the model, data an
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
     python train_net.py --config-file ... --num-gpus 2        # 2 processes (gloo on CPU, NCCL on GPU)
+    python train_net.py --config-file ... --num-machines 2 --machine-rank 0 \
+        --dist-url tcp://<machine 0 address>:<port>          # on machine 0; --machine-rank 1 on 1
     python train_net.py --register my_datasets.py --config-file ... DATASETS.TRAIN '("my_train",)'
+
+The process group uses gloo when ``MODEL.DEVICE`` is cpu and NCCL for CUDA; without
+``--dist-url``, a run on one machine takes a free local port (several machines need the
+``tcp://`` address of machine 0). ``SOLVER.IMS_PER_BATCH`` is the total batch of all processes
+of all machines.
 
 ``--register FILE`` runs a Python file that registers your data sets (docs/custom_datasets.md)
 in every training process before the config is used.
@@ -23,7 +30,7 @@ import shlex
 import sys
 
 import torch
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -31,6 +38,7 @@ from detectron2.utils.logger import setup_logger
 from clusterformer.config_files import load_config
 from clusterformer.data.datasets.user_registration import REGISTER_HELP, run_registration_files
 from clusterformer.engine import ClusterFormerCheckpointer, Trainer
+from clusterformer.engine.launch import LaunchError, launch
 from clusterformer.engine.trainer import check_config, write_eval_results
 
 
@@ -77,8 +85,10 @@ def main(args):
 
 
 def argument_parser():
-    """Detectron2's ``default_argument_parser`` plus ``--register FILE``."""
+    """Detectron2's ``default_argument_parser`` plus ``--register FILE``; ``--dist-url`` defaults
+    to a free local port (:func:`clusterformer.engine.launch.resolve_dist_url`)."""
     parser = default_argument_parser()
+    parser.set_defaults(dist_url=None)
     parser.add_argument(
         "--register", action="append", default=[], metavar="FILE", help=REGISTER_HELP
     )
@@ -87,11 +97,19 @@ def argument_parser():
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    # Read once before the processes start: MODEL.DEVICE picks the backend, and a config error
+    # is then reported once instead of by every process.
+    launch_cfg = load_config(args.config_file, args.opts)
+    check_config(launch_cfg)
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            device=launch_cfg.MODEL.DEVICE,
+        )
+    except LaunchError as error:
+        sys.exit(f"error: {error}")
