@@ -89,12 +89,14 @@ build-modern: env-modern
 
 # ---- the two README commands --------------------------------------------------------------
 # Train + evaluate (Detectron2's evaluators), draw predictions and cluster maps for 8 val images
-# with the demo, then print the metrics and where everything is.
+# with the demo and the training curves (losses, lr, metrics) from metrics.json, then print the
+# metrics and where everything is.
 run: build
 	$(PY) train_net.py --config-file $(RUN_CONFIG) --num-gpus 1 OUTPUT_DIR $(RUN_OUTPUT) MODEL.DEVICE cpu
 	$(PY) demo/demo.py --config-file $(RUN_CONFIG) --show-clusters \
 	  --input "$${DETECTRON2_DATASETS:-datasets}/shapes/val/00000100000[1-8].png" \
 	  --output $(RUN_OUTPUT)/visualizations --opts MODEL.WEIGHTS $(RUN_OUTPUT)/model_final.pth
+	$(PY) tools/plot_training.py $(RUN_OUTPUT)/metrics.json --output $(RUN_OUTPUT)/plots
 	$(PY) tools/summarize_run.py $(RUN_OUTPUT)
 
 test: test-reference test-modern

@@ -20,11 +20,13 @@ Unlike that script, areas and boxes are measured on the final map (after the thi
 and segments left with no pixel are dropped, so the JSON agrees with the PNG.
 
 Usage: ``python datasets/prepare_ade20k_pan_seg.py [--workers N]``
+(a progress bar per split on stderr: files done, rate and the time left).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -32,10 +34,11 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 try:
     from clusterformer.data.datasets.ade20k_categories import ADE20K_THING_IDS, ade20k_categories
@@ -44,6 +47,32 @@ except ImportError:  # run from a source checkout without installing the package
     from clusterformer.data.datasets.ade20k_categories import ADE20K_THING_IDS, ade20k_categories
 
 SPLITS = (("train", "training"), ("val", "validation"))
+T = TypeVar("T")
+
+
+def _apply(function: Callable[..., T], task: Sequence) -> T:
+    return function(*task)
+
+
+def map_with_progress(
+    function: Callable[..., T], tasks: Sequence[Sequence], workers: int, description: str
+) -> List[T]:
+    """``[function(*task) for task in tasks]`` in order, on ``workers`` processes, with a progress
+    bar on stderr (files done, rate and the estimated time left)."""
+    results: List[T] = []
+    with tqdm(total=len(tasks), desc=description, unit="file", smoothing=0.05) as progress:
+        if workers <= 1:
+            for task in tasks:
+                results.append(function(*task))
+                progress.update()
+            return results
+        # Small chunks keep the bar and its estimate current; 16 files amortise the transfer.
+        chunksize = max(1, min(16, len(tasks) // (4 * workers)))
+        with mp.Pool(processes=workers) as pool:
+            for result in pool.imap(functools.partial(_apply, function), tasks, chunksize):
+                results.append(result)
+                progress.update()
+    return results
 
 
 class SegmentIdAllocator:
@@ -190,13 +219,7 @@ def convert_split(ade_root: Path, name: str, directory: str, workers: int) -> in
         )
         for f in images
     ]
-    if workers <= 1:
-        results: List[Tuple[Dict, Dict]] = [convert_image(*task) for task in tasks]
-    else:
-        with mp.Pool(processes=workers) as pool:
-            results = pool.starmap(
-                convert_image, tasks, chunksize=max(1, min(50, len(tasks) // workers))
-            )
+    results: List[Tuple[Dict, Dict]] = map_with_progress(convert_image, tasks, workers, directory)
     content = {
         "images": [image for image, _ in results],
         "annotations": [annotation for _, annotation in results],

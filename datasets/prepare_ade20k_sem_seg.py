@@ -7,22 +7,51 @@ The benchmark's ``ADEChallengeData2016/annotations/{training,validation}/*.png``
 with every label minus one, so classes are 0..149 and "other" becomes 255 (the ignore label).
 
 Usage: ``python datasets/prepare_ade20k_sem_seg.py [--workers N]`` (root: ``$DETECTRON2_DATASETS``)
+(a progress bar per split on stderr: files done, rate and the time left).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing as mp
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, List, Optional, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 NUM_CLASSES = 150
+T = TypeVar("T")
+
+
+def _apply(function: Callable[..., T], task: Sequence) -> T:
+    return function(*task)
+
+
+def map_with_progress(
+    function: Callable[..., T], tasks: Sequence[Sequence], workers: int, description: str
+) -> List[T]:
+    """``[function(*task) for task in tasks]`` in order, on ``workers`` processes, with a progress
+    bar on stderr (files done, rate and the estimated time left)."""
+    results: List[T] = []
+    with tqdm(total=len(tasks), desc=description, unit="file", smoothing=0.05) as progress:
+        if workers <= 1:
+            for task in tasks:
+                results.append(function(*task))
+                progress.update()
+            return results
+        # Small chunks keep the bar and its estimate current; 16 files amortise the transfer.
+        chunksize = max(1, min(16, len(tasks) // (4 * workers)))
+        with mp.Pool(processes=workers) as pool:
+            for result in pool.imap(functools.partial(_apply, function), tasks, chunksize):
+                results.append(result)
+                progress.update()
+    return results
 
 
 def convert_label_png(input_file: str, output_file: str) -> None:
@@ -55,14 +84,7 @@ def convert_split(annotation_dir: Path, output_dir: Path, workers: int) -> int:
         raise FileNotFoundError(f"No label PNGs in {str(annotation_dir)!r}")
     output_dir.mkdir(parents=True, exist_ok=True)
     tasks = [(str(f), str(output_dir / f.name)) for f in files]
-    if workers <= 1:
-        for task in tasks:
-            convert_label_png(*task)
-    else:
-        with mp.Pool(processes=workers) as pool:
-            pool.starmap(
-                convert_label_png, tasks, chunksize=max(1, min(100, len(tasks) // workers))
-            )
+    map_with_progress(convert_label_png, tasks, workers, annotation_dir.name)
     return len(tasks)
 
 

@@ -8,6 +8,7 @@ Detectron2's ``COCO_CATEGORIES``, 0..132), unlabelled pixels get 255. The semant
 reads these files.
 
 Usage: ``python datasets/prepare_coco_semantic_annos_from_panoptic_annos.py [--workers N]``
+(a progress bar per split on stderr: files done, rate and the time left).
 """
 
 from __future__ import annotations
@@ -19,12 +20,39 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 IGNORE_LABEL = 255
+T = TypeVar("T")
+
+
+def _apply(function: Callable[..., T], task: Sequence) -> T:
+    return function(*task)
+
+
+def map_with_progress(
+    function: Callable[..., T], tasks: Sequence[Sequence], workers: int, description: str
+) -> List[T]:
+    """``[function(*task) for task in tasks]`` in order, on ``workers`` processes, with a progress
+    bar on stderr (files done, rate and the estimated time left)."""
+    results: List[T] = []
+    with tqdm(total=len(tasks), desc=description, unit="file", smoothing=0.05) as progress:
+        if workers <= 1:
+            for task in tasks:
+                results.append(function(*task))
+                progress.update()
+            return results
+        # Small chunks keep the bar and its estimate current; 16 files amortise the transfer.
+        chunksize = max(1, min(16, len(tasks) // (4 * workers)))
+        with mp.Pool(processes=workers) as pool:
+            for result in pool.imap(functools.partial(_apply, function), tasks, chunksize):
+                results.append(result)
+                progress.update()
+    return results
 
 
 def coco_category_id_map() -> Dict[int, int]:
@@ -87,12 +115,7 @@ def convert_split(
         for a in annotations
     ]
     convert = functools.partial(panoptic_png_to_semantic, id_map=id_map)
-    if workers <= 1:
-        for task in tasks:
-            convert(*task)
-    else:
-        with mp.Pool(processes=workers) as pool:
-            pool.starmap(convert, tasks, chunksize=max(1, min(100, len(tasks) // workers)))
+    map_with_progress(convert, tasks, workers, os.path.basename(sem_seg_root))
     return len(tasks)
 
 

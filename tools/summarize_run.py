@@ -4,7 +4,8 @@
     python tools/summarize_run.py output/shapes_panoptic
 
 Reads ``eval_results.json`` written by ``train_net.py`` (Detectron2 evaluators' results) and
-lists the visualisations. Exits non-zero when the run left no evaluation results.
+lists the visualisations and the training curves (``plots/``, drawn by
+``tools/plot_training.py``). Exits non-zero when the run left no evaluation results.
 """
 
 import argparse
@@ -35,7 +36,9 @@ def summarize(output_dir: str) -> int:
         if dataset:
             print(f"Data set: {dataset}")
         for task, metrics in tasks.items():
-            keys = [k for k in HEADLINE_KEYS.get(task, ()) if k in metrics] or list(metrics)[:6]
+            # "sem_seg_TTA" (test-time augmentation) has the headline metrics of "sem_seg".
+            headline = HEADLINE_KEYS.get(task, HEADLINE_KEYS.get(task.removesuffix("_TTA"), ()))
+            keys = [k for k in headline if k in metrics] or list(metrics)[:6]
             line = "  ".join(f"{k} {float(metrics[k]):6.2f}" for k in keys)
             print(f"  {task:<15} {line}")
     print("-" * 72)
@@ -45,6 +48,12 @@ def summarize(output_dir: str) -> int:
         if os.path.isdir(folder):
             n = sum(len(files) for _, _, files in os.walk(folder))
             print(f"{name.capitalize():<12} ({n} files): {os.path.abspath(folder)}")
+    plots = os.path.join(output_dir, "plots")
+    if os.path.isdir(plots):
+        pngs = sorted(f for f in os.listdir(plots) if f.endswith(".png"))
+        print(f"Training curves ({', '.join(pngs) or 'none'}): {os.path.abspath(plots)}")
+    else:
+        print(f"Training curves: python tools/plot_training.py {output_dir} (writes {plots})")
     for name in ("model_final.pth", "metrics.json", "log.txt"):
         if os.path.exists(os.path.join(output_dir, name)):
             print(f"{name:<16}: {os.path.abspath(os.path.join(output_dir, name))}")
