@@ -370,8 +370,9 @@ def _shape(value: Any) -> List[int]:
 
 
 def deformable_sampling_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """Our ``_MSDeformAttnFunction``: every output channel of every query sums L * P bilinear
-    samples (4 corner MACs) times their attention weight (1 MAC)."""
+    """Our deformable sampling (``clusterformer::ms_deform_attn``): every output channel of
+    every query sums L * P bilinear samples (4 corner MACs) times their attention weight
+    (1 MAC)."""
     B, Lq, M, L, P, _ = _shape(inputs[3])
     d = _shape(inputs[0])[-1]
     return B * Lq * M * L * P * d * 5
@@ -404,6 +405,9 @@ def count_gmacs(model: nn.Module, inputs: Tuple[Tensor, ...]) -> Dict[str, Any]:
     with torch.no_grad():
         analysis = FlopCountAnalysis(model, inputs)
         analysis.set_op_handle("aten::matmul", broadcast_matmul_flop_jit)
+        # The dispatcher operator; the autograd.Function of revisions before it (compare_revisions
+        # runs this script on those too).
+        analysis.set_op_handle("clusterformer::ms_deform_attn", deformable_sampling_flop_jit)
         analysis.set_op_handle("prim::PythonOp._MSDeformAttnFunction", deformable_sampling_flop_jit)
         analysis.set_op_handle("aten::grid_sampler", grid_sampler_flop_jit)
         analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)

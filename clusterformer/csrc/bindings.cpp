@@ -1,5 +1,10 @@
 // Python bindings of clusterformer._C. Each op's entry points dispatch by device themselves.
 //
+// Importing the module also registers the dispatcher operators of ms_deform_attn_op.cpp
+// (torch.ops.clusterformer.ms_deform_attn and its backward), which is what
+// clusterformer.modeling.ops calls; the pybind functions below call the same kernels without
+// autograd, for tests and benchmarks of the raw kernels.
+//
 // torch/csrc/utils/pybind.h (pybind11 plus the at::Tensor casters) rather than torch/extension.h,
 // which drags in the whole C++ frontend and doubles this file's compile time.
 #include <torch/csrc/utils/pybind.h>

@@ -8,6 +8,7 @@ tests run only where a GPU is present.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import List, Sequence, Tuple
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from clusterformer.modeling.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
 
@@ -86,14 +88,16 @@ def kernel(*args):
     return ms_deform_attn(*args, use_extension=True)
 
 
-def assert_parity(inputs, rtol: float, atol: float, reference=ms_deform_attn_pytorch):
-    """Kernel vs reference: output and the three gradients.
+def assert_parity(
+    inputs, rtol: float, atol: float, reference=ms_deform_attn_pytorch, implementation=kernel
+):
+    """Kernel (or ``implementation``) vs reference: output and the three gradients.
 
     ``atol`` is relative to each tensor's largest magnitude (at least 1): location gradients
     scale with the level size (d/dx = W * d/dpx), and float32 rounding with them.
     """
     names = ["output", "grad_value", "grad_sampling_locations", "grad_attention_weights"]
-    ours = outputs_and_grads(kernel, inputs)
+    ours = outputs_and_grads(implementation, inputs)
     ref = outputs_and_grads(reference, inputs)
     for name, a, b in zip(names, ours, ref):
         scale = max(1.0, b.abs().max().item())
@@ -266,26 +270,189 @@ def test_kernel_errors_name_the_argument():
         )
 
 
+# ---- the dispatcher operator -----------------------------------------------------------------
+
+
+def operator(*args):
+    """torch.ops.clusterformer.ms_deform_attn itself, without the Python wrapper's casts."""
+    return torch.ops.clusterformer.ms_deform_attn(*args)
+
+
+class _Attention(torch.nn.Module):
+    """ms_deform_attn as a module of its five inputs, for the tracers."""
+
+    def forward(self, value, spatial_shapes, level_start_index, locations, weights):
+        return ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+
+
+def clusterformer_calls(graph_targets) -> List[str]:
+    return [str(t) for t in graph_targets if str(t).startswith("clusterformer")]
+
+
+@requires_cpu_kernel
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_operator_matches_reference(dtype, tol):
+    """The registered operator (forward and its Autograd kernel's backward) against grid_sample."""
+    inputs = make_inputs(((5, 7), (3, 4), (2, 2)), N=2, M=2, D=4, Lq=9, P=3, dtype=dtype, seed=7)
+    assert_parity(inputs, rtol=tol, atol=tol, implementation=operator)
+
+
+@requires_cpu_kernel
+def test_operator_gradcheck_fp64():
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        ((3, 4), (2, 2)), N=1, M=2, D=2, Lq=3, P=2, seed=11
+    )
+
+    def fn(v, loc, w):
+        return operator(v, spatial_shapes, level_start_index, loc, w)
+
+    inputs = tuple(t.requires_grad_() for t in (value, locations, weights))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+
+
+@requires_cpu_kernel
+def test_operator_has_first_derivatives_only():
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs()
+    value.requires_grad_()
+    locations.requires_grad_()
+    out = operator(value, spatial_shapes, level_start_index, locations, weights)
+    (grad_value,) = torch.autograd.grad(out.square().sum(), value, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivatives are not implemented"):
+        grad_value.sum().backward()
+
+
+@requires_cpu_kernel
+def test_operator_meta_and_fake_kernels_give_the_shapes():
+    inputs = make_inputs(N=2, M=2, D=3, Lq=6, P=2, dtype=torch.float32)
+    real = operator(*inputs)
+    meta = [t.to("meta") for t in inputs]
+    out = operator(*meta)
+    assert out.device.type == "meta" and out.dtype == torch.float32
+    assert out.shape == real.shape == (2, 6, 6) and out.is_contiguous()
+    grads = torch.ops.clusterformer.ms_deform_attn_backward(*meta, torch.empty_like(out))
+    for grad, source in zip(grads, (meta[0], meta[3], meta[4])):
+        assert grad.shape == source.shape and grad.dtype == source.dtype and grad.is_contiguous()
+    # The Meta kernel checks what it can without data, with the device kernels' messages.
+    with pytest.raises(RuntimeError, match="attention_weights must be"):
+        operator(*meta[:4], meta[4][..., :1])
+    with pytest.raises(RuntimeError, match="grad_output must be"):
+        torch.ops.clusterformer.ms_deform_attn_backward(*meta, out[:, :1])
+
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in inputs]
+        out = operator(*fake)
+    assert isinstance(out, FakeTensor)
+    assert out.shape == real.shape and out.dtype == real.dtype and out.device == real.device
+
+
+@requires_cpu_kernel
+@pytest.mark.parametrize("name", ["ms_deform_attn", "ms_deform_attn_backward"])
+def test_operator_registration(name):
+    qualname = f"clusterformer::{name}"
+    keys = ["CPU", "Meta", "Autograd"] + (["CUDA"] if msda._C.with_cuda else [])
+    for key in keys:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key), key
+    # Nothing composite: tracers keep the op as one node instead of decomposing it.
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CompositeImplicitAutograd")
+    op = getattr(torch.ops.clusterformer, name).default
+    assert torch.Tag.pt2_compliant_tag in op.tags
+    assert not op._schema.is_mutable
+
+
+@requires_cpu_kernel
+@pytest.mark.skipif(
+    not hasattr(torch.library, "opcheck"),
+    reason="torch.library.opcheck needs torch >= 2.4 (torch 2.3's internal one needs expecttest)",
+)
+def test_operator_passes_opcheck():
+    """torch.library's registration checks: schema, autograd at the Autograd key, FakeTensor
+    against the real kernel, and AOTAutograd (static and dynamic shapes, with gradients)."""
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        ((3, 4), (2, 2)), N=1, M=2, D=2, Lq=3, P=2
+    )
+    args = (
+        value.requires_grad_(),
+        spatial_shapes,
+        level_start_index,
+        locations.requires_grad_(),
+        weights.requires_grad_(),
+    )
+    torch.library.opcheck(torch.ops.clusterformer.ms_deform_attn.default, args)
+
+
+@requires_cpu_kernel
+def test_jit_trace_records_one_operator(fresh_warnings):
+    inputs = make_inputs(dtype=torch.float32)
+    # The shape checks warn (TracerWarning: sizes turned into Python booleans); the trace is
+    # taken at fixed sizes anyway.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(_Attention(), inputs)
+    kinds = [node.kind() for node in traced.graph.nodes()]
+    assert kinds.count("clusterformer::ms_deform_attn") == 1, kinds
+    assert not any("grid_sampler" in k for k in kinds), kinds
+    other = make_inputs(dtype=torch.float32, Lq=11, seed=4)
+    torch.testing.assert_close(traced(*other), ms_deform_attn_pytorch(*other))
+    # The module is savable; it loads wherever clusterformer._C is imported.
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    torch.testing.assert_close(torch.jit.load(buffer)(*other), traced(*other))
+
+
+@requires_cpu_kernel
+def test_jit_trace_of_the_module_records_one_operator(fresh_warnings):
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=4, n_points=2)
+    args = module_inputs(module, ((6, 5), (3, 2)), N=2, Lq=7)
+    # The shape checks warn (TracerWarning: sizes turned into Python booleans); the trace is
+    # taken at fixed sizes anyway.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(module, args)
+    kinds = [node.kind() for node in traced.inlined_graph.nodes()]
+    assert kinds.count("clusterformer::ms_deform_attn") == 1, kinds
+    torch.testing.assert_close(traced(*args), module(*args))
+
+
+@requires_cpu_kernel
+def test_torch_export_graph_holds_one_operator(fresh_warnings):
+    inputs = make_inputs(dtype=torch.float32)
+    exported = torch.export.export(_Attention(), inputs)
+    targets = [n.target for n in exported.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.clusterformer.ms_deform_attn.default) == 1, targets
+    assert clusterformer_calls(targets) == ["clusterformer.ms_deform_attn.default"], targets
+    assert torch.ops.aten.grid_sampler_2d.default not in targets
+    torch.testing.assert_close(exported.module()(*inputs), ms_deform_attn_pytorch(*inputs))
+
+
+@requires_cpu_kernel
+def test_torch_export_of_the_module_holds_one_operator(fresh_warnings):
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=16, n_levels=2, n_heads=4, n_points=2).eval()
+    args = module_inputs(module, ((6, 5), (3, 2)), N=2, Lq=7)
+    exported = torch.export.export(module, args)
+    targets = [n.target for n in exported.graph.nodes if n.op == "call_function"]
+    assert clusterformer_calls(targets) == ["clusterformer.ms_deform_attn.default"], targets
+    torch.testing.assert_close(exported.module()(*args), module(*args))
+
+
 # ---- dispatch and fallback -------------------------------------------------------------------
 
 
-class _RecordingExtension:
-    """Stands in for clusterformer._C: forwards to it (if given) and counts the calls."""
+class _OpRecorder(TorchDispatchMode):
+    """Records the clusterformer operators that reach the dispatcher (forward and backward)."""
 
-    def __init__(self, real=None):
-        self.real = real
-        self.with_cuda = bool(real is not None and real.with_cuda)
+    def __init__(self):
+        super().__init__()
         self.calls: List[str] = []
 
-    def ms_deform_attn_forward(self, *args):
-        self.calls.append("forward")
-        if self.real is None:
-            raise AssertionError("the compiled kernel must not be called")
-        return self.real.ms_deform_attn_forward(*args)
-
-    def ms_deform_attn_backward(self, *args):
-        self.calls.append("backward")
-        return self.real.ms_deform_attn_backward(*args)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "clusterformer":
+            self.calls.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture
@@ -295,30 +462,29 @@ def fresh_warnings(monkeypatch):
 
 
 @requires_cpu_kernel
-def test_default_dispatch_uses_the_kernel(monkeypatch, fresh_warnings):
-    recorder = _RecordingExtension(msda._C)
-    monkeypatch.setattr(msda, "_C", recorder)
+def test_default_dispatch_uses_the_kernel(fresh_warnings):
     value, spatial_shapes, level_start_index, locations, weights = make_inputs()
     value.requires_grad_()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _OpRecorder() as recorder:
         warnings.simplefilter("error")
         ms_deform_attn(
             value, spatial_shapes, level_start_index, locations, weights
         ).sum().backward()
-    assert recorder.calls == ["forward", "backward"]
+    assert recorder.calls == [
+        "clusterformer::ms_deform_attn",
+        "clusterformer::ms_deform_attn_backward",
+    ]
 
 
 @pytest.mark.parametrize("how", ["env", "argument"])
 def test_reference_can_be_forced(monkeypatch, fresh_warnings, how):
-    recorder = _RecordingExtension(None)
-    monkeypatch.setattr(msda, "_C", recorder)
     inputs = make_inputs()
     kwargs = {}
     if how == "env":
         monkeypatch.setenv(msda.DISABLE_EXTENSION_ENV, "1")
     else:
         kwargs["use_extension"] = False
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _OpRecorder() as recorder:
         warnings.simplefilter("error")  # forcing the reference is deliberate: no warning
         out = ms_deform_attn(*inputs, **kwargs)
     assert recorder.calls == []

@@ -39,6 +39,23 @@ std::vector<at::Tensor> ms_deform_attn_backward(
     const at::Tensor& attention_weights,
     const at::Tensor& grad_output);
 
+// Meta kernels (ms_deform_attn.cpp): output shapes and dtypes only, for FakeTensor tracing
+// (torch.compile, torch.export); they accept symbolic sizes.
+at::Tensor ms_deform_attn_meta_forward(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights);
+
+std::vector<at::Tensor> ms_deform_attn_meta_backward(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    const at::Tensor& grad_output);
+
 // Device implementations. They expect validated, contiguous inputs on their device with one
 // floating dtype for value / sampling_locations / attention_weights (and grad_output).
 at::Tensor ms_deform_attn_cpu_forward(

@@ -17,11 +17,16 @@ Implementations. :func:`ms_deform_attn` runs the compiled kernels of ``clusterfo
 float32/float64; CUDA: float32/float16/bfloat16/float64) when the extension is built for the
 inputs' device, and otherwise the pure-PyTorch reference :func:`ms_deform_attn_pytorch`, warning
 once per process that the extension is missing. ``CLUSTERFORMER_DISABLE_EXT=1`` (read at every
-call), ``use_extension=False`` or the :func:`reference_implementation` context (what the exporters
-use: a traced graph can hold neither the extension's kernels nor its autograd function) forces the
+eager call; by ``torch.compile`` when it traces), ``use_extension=False`` or the :func:`reference_implementation` context forces the
 reference. Inputs of different floating dtypes are
 promoted to a common one. float16/bfloat16 inputs on the CPU are computed in float32 (upcast,
 then the output is cast back), in either implementation.
+
+The compiled kernels are a dispatcher operator, ``torch.ops.clusterformer.ms_deform_attn``
+(registered in C++ when ``clusterformer._C`` is imported, with CPU, CUDA, Meta and Autograd
+kernels; its gradient is ``torch.ops.clusterformer.ms_deform_attn_backward``). ``torch.compile``
+and ``torch.export`` therefore trace through it without a graph break, and ``torch.jit.trace``
+records it as one node.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from typing import Iterator, Set
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 try:
     from clusterformer import _C
@@ -44,6 +48,14 @@ except (ImportError, OSError) as _error:  # not built, or built against another 
     _C_IMPORT_ERROR: str | None = f"{type(_error).__name__}: {_error}"
 else:
     _C_IMPORT_ERROR = None
+    # Importing _C registers the operator; a build from before it existed has only the pybind
+    # functions, which this module no longer calls, so treat it as not built.
+    if not hasattr(torch.ops.clusterformer, "ms_deform_attn"):
+        _C = None
+        _C_IMPORT_ERROR = (
+            "clusterformer._C predates the dispatcher operator clusterformer::ms_deform_attn; "
+            "rebuild it"
+        )
 
 DISABLE_EXTENSION_ENV = "CLUSTERFORMER_DISABLE_EXT"
 # Device types with compiled kernels. CPU kernels take float32/float64 (float16/bfloat16 CPU inputs
@@ -61,9 +73,11 @@ def reference_implementation() -> Iterator[None]:
     """Run every :func:`ms_deform_attn` call inside the context with the pure-PyTorch reference
     (``grid_sample``), whatever ``use_extension`` says.
 
-    TorchScript tracing and ONNX export need it: the compiled kernels are a pybind extension
-    behind an ``autograd.Function``, which a traced graph records as an opaque Python op that can
-    neither be saved nor exported. Nestable; not thread-local (export from one thread).
+    ONNX export needs it (ONNX has no counterpart of the custom operator
+    ``clusterformer::ms_deform_attn``), and so does a TorchScript file meant to run where
+    ``clusterformer._C`` is not built: ``torch.jit.trace`` records the operator as one node, which
+    only loads where the extension is imported. Nestable; not thread-local (export from one
+    thread).
     """
     global _reference_depth
     _reference_depth += 1
@@ -130,13 +144,15 @@ def _check_inputs(
         ("sampling_locations", sampling_locations),
         ("attention_weights", attention_weights),
     ):
-        if not tensor.is_floating_point():
+        # dtype attributes rather than tensor methods: dynamo in torch 2.3 cannot trace
+        # Tensor.is_complex(), and torch.export must not break the graph here.
+        if not tensor.dtype.is_floating_point:
             raise TypeError(f"ms_deform_attn: {name} must be a floating tensor, got {tensor.dtype}")
     for name, tensor in (
         ("spatial_shapes", spatial_shapes),
         ("level_start_index", level_start_index),
     ):
-        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
             raise TypeError(f"ms_deform_attn: {name} must be an integer tensor, got {tensor.dtype}")
     for name, tensor in (
         ("spatial_shapes", spatial_shapes),
@@ -190,41 +206,17 @@ def ms_deform_attn_pytorch(
     return out.view(N, M * D, Lq).transpose(1, 2).contiguous()
 
 
-class _MSDeformAttnFunction(torch.autograd.Function):
-    """Autograd wrapper of the compiled kernels (first derivatives only)."""
+def _disabled_by_environment() -> bool:
+    """Whether ``CLUSTERFORMER_DISABLE_EXT`` forces the reference."""
+    return os.environ.get(DISABLE_EXTENSION_ENV, "0") not in ("", "0")
 
-    @staticmethod
-    def forward(
-        ctx,
-        value: Tensor,
-        spatial_shapes: Tensor,
-        level_start_index: Tensor,
-        sampling_locations: Tensor,
-        attention_weights: Tensor,
-    ) -> Tensor:
-        output = _C.ms_deform_attn_forward(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
-        ctx.save_for_backward(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
-        return output
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output: Tensor):
-        saved = ctx.saved_tensors
-        grad_value, grad_locations, grad_weights = _C.ms_deform_attn_backward(
-            *saved, grad_output.contiguous()
-        )
-        needs = ctx.needs_input_grad
-        return (
-            grad_value if needs[0] else None,
-            None,
-            None,
-            grad_locations if needs[3] else None,
-            grad_weights if needs[4] else None,
-        )
+# Dynamo cannot trace os.environ on torch 2.3 (a graph break, which torch.export refuses), so it
+# calls this function at trace time and keeps the result as a constant of the graph. This is what
+# torch.compiler.assume_constant_result(fn) does (it sets this attribute, on torch 2.3 and 2.14
+# alike); set directly because that function imports torch._dynamo, which costs every process a
+# second at import. tests/core/test_compile.py (fullgraph=True) fails if dynamo stops honouring it.
+_disabled_by_environment._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _use_extension(device: torch.device, use_extension: bool | None) -> bool:
@@ -232,7 +224,7 @@ def _use_extension(device: torch.device, use_extension: bool | None) -> bool:
     if _reference_depth > 0:
         return False
     if use_extension is None:
-        if os.environ.get(DISABLE_EXTENSION_ENV, "0") not in ("", "0"):
+        if _disabled_by_environment():
             return False
     elif not use_extension:
         return False
@@ -290,7 +282,9 @@ def ms_deform_attn(
     sampling_locations = sampling_locations.to(compute_dtype)
     attention_weights = attention_weights.to(compute_dtype)
     if _use_extension(value.device, use_extension):
-        output = _MSDeformAttnFunction.apply(
+        # The dispatcher operator: its Autograd kernel (C++) gives the gradients, its Meta kernel
+        # the shapes when torch.compile / torch.export trace it.
+        output = torch.ops.clusterformer.ms_deform_attn(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
     else:
@@ -447,8 +441,13 @@ class MSDeformAttn(nn.Module):
                 f"MSDeformAttn: input_padding_mask must be (N, S) = ({N}, {S}), "
                 f"got {tuple(input_padding_mask.shape)}"
             )
-        # One host read of the L + 2L index values: worth it, since a mismatch would make the
-        # kernels sample the wrong tokens.
+        # One host read of the L + 2L index values: worth it in eager mode, since a mismatch would
+        # make the kernels sample the wrong tokens. A tracer cannot follow it (under torch.compile
+        # a data-dependent read is a graph break, torch.export rejects it, torch.jit.trace bakes
+        # the values in), so traced graphs skip it: the callers build both tensors from the
+        # feature maps' shapes, which the trace fixes or guards anyway.
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return
         flat = torch.cat([input_spatial_shapes.flatten(), input_level_start_index]).tolist()
         shapes, starts = flat[: 2 * L], flat[2 * L :]
         sizes = [h * w for h, w in zip(shapes[0::2], shapes[1::2])]
