@@ -44,6 +44,7 @@ from torch import nn
 
 from ..utils.model_ema import CHECKPOINT_KEY as EMA_CHECKPOINT_KEY
 from ..utils.model_ema import averaged_weights
+from ..utils.safe_pickle import NumpyOnlyUnpickler, UnsafeCheckpointError, load_numpy_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ MAX_KEYS_LISTED = 20
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model (see the module docstring for the policy)."""
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint needs arbitrary code to be unpickled and pickle loading was not allowed."""
 
 
 # ---- atomic writes -------------------------------------------------------------------------
@@ -101,42 +98,6 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
 
 # ---- loading without executing pickled code ------------------------------------------------
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles containers, numbers, strings and numpy arrays; refuses every other global.
-
-    Detectron2's ``.pkl`` checkpoints (``{"model": {name: ndarray}, "__author__": ...}`` or the
-    Caffe2 ``blobs`` layout) need only these: they rebuild arrays from their bytes and dtype
-    (``_reconstruct``, ``_frombuffer``, ``scalar``); ``_codecs.encode`` appears in protocol-2
-    pickles of bytes and only encodes a string.
-    """
-
-    ALLOWED_GLOBALS = {
-        ("collections", "OrderedDict"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),  # protocol-5 pickles of arrays
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise UnsafeCheckpointError(
-            f"the pickle wants to call {module}.{name}, which a weights file does not need"
-        )
-
-
-def load_numpy_pickle(path: str) -> Any:
-    """Read a pickle of numpy arrays (latin-1 strings, as Detectron2 reads Python 2 pickles)."""
-    with open(path, "rb") as f:
-        return NumpyOnlyUnpickler(f, encoding="latin1").load()
 
 
 def _pickle_refused(path: str, error: BaseException) -> UnsafeCheckpointError:
