@@ -26,6 +26,15 @@
   Missing keys (in the model, not in the file) and unexpected keys (in the file, not in the
   model) are expected when e.g. an ImageNet classifier initialises a segmentation model: they are
   logged as warnings listing them, as Detectron2 does.
+* **Mask2Former checkpoints.** A file with Detectron2 Mask2Former names
+  (``sem_seg_head.pixel_decoder.*``, ``sem_seg_head.predictor.*``; ``.pkl`` or ``.pth``) or
+  transformers ``Mask2FormerForUniversalSegmentation`` names is recognised and converted
+  (:mod:`clusterformer.modeling.mask2former_conversion`) into the pixel decoder and transformer
+  decoder; its backbone is skipped with a logged message (the model's backbone keeps its
+  initialisation) and so is its loss buffer. The decoders must fit: a decoder weight of the
+  model that Mask2Former has but the file lacks, or a converted weight the model has no place
+  for, raises :class:`CheckpointMismatchError` with the config values the file needs
+  (docs/mask2former_compatibility.md); shapes follow the policy above.
 """
 
 from __future__ import annotations
@@ -42,6 +51,15 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from ..modeling.mask2former_conversion import (
+    DECODER_PREFIX,
+    PIXEL_DECODER_PREFIX,
+    Mask2FormerConversionError,
+    convert_mask2former,
+    detect_mask2former_format,
+    inferred_config,
+    mask2former_counterpart,
+)
 from ..utils.model_ema import CHECKPOINT_KEY as EMA_CHECKPOINT_KEY
 from ..utils.model_ema import averaged_weights
 from ..utils.safe_pickle import NumpyOnlyUnpickler, UnsafeCheckpointError, load_numpy_pickle
@@ -257,6 +275,10 @@ class ClusterFormerCheckpointer(DetectionCheckpointer):
                 )
             if "model" in data and "__author__" in data:  # Detectron2 model-zoo layout
                 return data
+            if isinstance(data.get("model"), dict) and detect_mask2former_format(data["model"]):
+                # A Mask2Former pickle without "__author__": its names are converted exactly,
+                # not matched by Caffe2 heuristics.
+                return {"model": data["model"], "__author__": "Mask2Former"}
             # Caffe2 / Detectron1 layout, converted by name heuristics as Detectron2 does.
             blobs = data.get("blobs", data)
             weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
@@ -300,7 +322,70 @@ class ClusterFormerCheckpointer(DetectionCheckpointer):
                 "them in MODEL.WEIGHTS_SKIP_MISMATCHED."
             )
 
+    def _from_mask2former(self, checkpoint: Dict[str, Any], source_format: str) -> Dict[str, Any]:
+        """A Mask2Former checkpoint with its decoders under this model's names (module docstring);
+        raises :class:`CheckpointMismatchError` when the decoders do not fit the model."""
+        source = self._loading or "the checkpoint"
+        try:
+            conversion = convert_mask2former(checkpoint["model"], source_format)
+        except Mask2FormerConversionError as error:
+            raise CheckpointMismatchError(
+                f"Cannot convert Mask2Former checkpoint {source!r}: {error}"
+            ) from error
+        converted = conversion.state_dict
+        self.logger.info(
+            "%s is a Mask2Former checkpoint (%s names): %d pixel-decoder and transformer-decoder "
+            "tensors converted; skipped (not loaded): %s",
+            source,
+            source_format,
+            len(converted),
+            conversion.skipped_summary() or "nothing",
+        )
+        model_state = {k.removeprefix("module."): v for k, v in self.model.state_dict().items()}
+        decoder_keys = [
+            k for k in model_state if k.startswith((PIXEL_DECODER_PREFIX, DECODER_PREFIX))
+        ]
+        missing = sorted(
+            k for k in decoder_keys if mask2former_counterpart(k) and k not in converted
+        )
+        unexpected = sorted(set(converted) - set(model_state))
+        if missing or unexpected:
+            problems = []
+            if missing:
+                problems.append(
+                    f"{len(missing)} decoder weight(s) the file lacks: {_listing(missing)}"
+                )
+            if unexpected:
+                problems.append(
+                    f"{len(unexpected)} the model has no place for: {_listing(unexpected)}"
+                )
+            hint = " ".join(f"{k} {v}" for k, v in inferred_config(converted).items())
+            raise CheckpointMismatchError(
+                f"Mask2Former checkpoint {source!r} does not fit this {type(self.model).__name__}'s "
+                f"decoders: {'; '.join(problems)}. Its decoders need: {hint}"
+            )
+        without = sorted(k for k in decoder_keys if not mask2former_counterpart(k))
+        if without:
+            self.logger.info(
+                "Decoder parameters Mask2Former has no counterpart of keep their initialisation: %s",
+                _listing(without),
+            )
+        cross = getattr(
+            getattr(self.model, "transformer_decoder", None), "cross_attention_type", None
+        )
+        if cross not in (None, "masked_attention"):
+            self.logger.warning(
+                "Mask2Former's decoder weights start a decoder with CROSS_ATTENTION %r: the same "
+                "parameters, another function (Mask2Former's is 'masked_attention')",
+                cross,
+            )
+        rest = {k: v for k, v in checkpoint.items() if k not in ("model", "matching_heuristics")}
+        return {**rest, "model": converted}
+
     def _load_model(self, checkpoint: Any):
+        source_format = detect_mask2former_format(checkpoint.get("model", {}))
+        if source_format is not None:
+            checkpoint = self._from_mask2former(checkpoint, source_format)
         if self.use_ema_weights:
             if EMA_CHECKPOINT_KEY in checkpoint:
                 self.logger.info(

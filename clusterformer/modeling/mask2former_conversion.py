@@ -54,6 +54,7 @@ __all__ = [
     "detect_mask2former_format",
     "inferred_config",
     "load_state_dict_file",
+    "mask2former_counterpart",
     "to_detectron2_mask2former",
 ]
 
@@ -461,6 +462,18 @@ def to_detectron2_mask2former(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
             f"{_listing(sorted(unmapped))}"
         )
     return renamed
+
+
+_INVERSE_PATTERNS = [_compile(dst) for _, dst in DETECTRON2_RULES]
+_OUR_QKV = re.compile(r"^(" + _OUR_CROSS + r")[qkv]_proj\.(weight|bias)$")
+
+
+def mask2former_counterpart(key: str) -> bool:
+    """Whether a ClusterFormer model key (``pixel_decoder.*`` / ``transformer_decoder.*``) has a
+    Mask2Former counterpart, i.e. is filled by a converted Mask2Former checkpoint (a box head,
+    the anchors, a semantic head or a mask-shape embedding are not)."""
+    key = _OUR_QKV.sub(r"\1in_proj_\2", key)
+    return any(pattern.match(key) for pattern in _INVERSE_PATTERNS)
 
 
 # ---- reading files --------------------------------------------------------------------------
