@@ -4,19 +4,33 @@ Detectron2 (yacs) reports an unknown key as ``KeyError: 'Non-existent config key
 without naming the file, which may be any file of a ``_BASE_`` chain, and an unknown
 command-line key as a bare ``AssertionError``. :func:`load_config` names the key, the file of
 the chain that sets it (or the command line) and the closest known keys.
+
+**Mask2Former's key names** are accepted where they have one meaning here
+(docs/mask2former_compatibility.md has the table): ``MODEL.MASK_FORMER.*`` keys are read as their
+``MODEL.CLUSTER_DECODER.*`` (or ``MODEL.SEM_SEG_HEAD.*``) counterparts, with a logged note for
+each; ``MODEL.MASK_FORMER.DEC_LAYERS`` counts Mask2Former's prediction on the initial queries
+(``DEC_LAYERS 10`` is 9 layers here). Keys that have no counterpart, a value this project does
+not implement, or a translation that contradicts a ClusterFormer key set in the same chain raise
+:class:`Mask2FormerConfigError` naming the key and the file. ``MODEL.SEM_SEG_HEAD.*``,
+``INPUT.*``, ``SOLVER.*`` share Mask2Former's names already.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
+import logging
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from detectron2.config import CfgNode, get_cfg
 
 from .config import add_clusterformer_config
+
+logger = logging.getLogger(__name__)
 
 _KEY_IN_MESSAGE = re.compile(r"(?:Non-existent config key|Non-existent key|config key):\s*(\S+)")
 
@@ -84,13 +98,252 @@ def _hint(cfg: CfgNode, key: Optional[str]) -> str:
     return f" (did you mean {', '.join(suggestions)}?)" if suggestions else ""
 
 
+# ---- Mask2Former's key names ------------------------------------------------------------------
+
+
+class Mask2FormerConfigError(ValueError):
+    """A Mask2Former config key without one meaning here (unsupported, or contradicted)."""
+
+
+_MF, _CD, _SH = "MODEL.MASK_FORMER.", "MODEL.CLUSTER_DECODER.", "MODEL.SEM_SEG_HEAD."
+
+# Mask2Former key -> ClusterFormer key, same value.
+MASK2FORMER_RENAMES: Dict[str, str] = {
+    **{
+        _MF + k: _CD + k
+        for k in (
+            "DEEP_SUPERVISION",
+            "NO_OBJECT_WEIGHT",
+            "CLASS_WEIGHT",
+            "DICE_WEIGHT",
+            "MASK_WEIGHT",
+            "DIM_FEEDFORWARD",
+            "PRE_NORM",
+            "HIDDEN_DIM",
+            "NUM_OBJECT_QUERIES",
+            "ENFORCE_INPUT_PROJ",
+            "SIZE_DIVISIBILITY",
+            "TRAIN_NUM_POINTS",
+            "OVERSAMPLE_RATIO",
+            "IMPORTANCE_SAMPLE_RATIO",
+            "TEST.SEMANTIC_ON",
+            "TEST.INSTANCE_ON",
+            "TEST.PANOPTIC_ON",
+            "TEST.OBJECT_MASK_THRESHOLD",
+            "TEST.OVERLAP_THRESHOLD",
+        )
+    },
+    # Mask2Former's transformer decoder hard-codes dropout 0; MASK_FORMER.DROPOUT is read by its
+    # pixel decoder's deformable encoder only.
+    _MF + "DROPOUT": _SH + "DEFORMABLE_TRANSFORMER_ENCODER_DROPOUT",
+}
+
+# (key, value, the file's other Mask2Former values) -> [(ClusterFormer key, value)] ([]: the key
+# states what this project does anyway); raises _UnsupportedError with the reason.
+Translator = Callable[[Any, Dict[str, Any]], List[Tuple[str, Any]]]
+
+
+class _UnsupportedError(Exception):
+    """Raised by a translator with the reason a value is not implemented."""
+
+
+def _dec_layers(value: Any, _: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    if not isinstance(value, int) or value < 2:
+        raise _UnsupportedError(
+            "Mask2Former counts its prediction on the initial queries in DEC_LAYERS, so it must be "
+            f"an integer >= 2 here (one decoder layer at least), got {value!r}"
+        )
+    return [(_CD + "DEC_LAYERS", value - 1)]
+
+
+def _nheads(value: Any, _: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    # Mask2Former's deformable encoder reads MASK_FORMER.NHEADS too (its
+    # DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS is defined but not read).
+    return [(_CD + "NHEADS", value), (_SH + "DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", value)]
+
+
+def _only(expected: Any, meaning: str, then: List[Tuple[str, Any]]) -> Translator:
+    def translate(value: Any, _: Dict[str, Any]) -> List[Tuple[str, Any]]:
+        if value != expected:
+            raise _UnsupportedError(f"only {expected!r} ({meaning}) is implemented, got {value!r}")
+        return list(then)
+
+    return translate
+
+
+def _postprocessing_before_inference(value: Any, keys: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    # ClusterFormer resizes the mask logits to the image before every inference, which is what
+    # Mask2Former does when this is True or when panoptic / instance inference is on.
+    if value or keys.get(_MF + "TEST.PANOPTIC_ON") or keys.get(_MF + "TEST.INSTANCE_ON"):
+        return []
+    raise _UnsupportedError(
+        "ClusterFormer always resizes the masks to the image before semantic inference "
+        "(Mask2Former's True); remove the key or set it True"
+    )
+
+
+MASK2FORMER_TRANSLATORS: Dict[str, Translator] = {
+    _MF + "DEC_LAYERS": _dec_layers,
+    _MF + "NHEADS": _nheads,
+    _MF + "TRANSFORMER_DECODER_NAME": _only(
+        "MultiScaleMaskedTransformerDecoder",
+        "Mask2Former's decoder: CLUSTER_DECODER.CROSS_ATTENTION masked_attention",
+        [(_CD + "CROSS_ATTENTION", "masked_attention")],
+    ),
+    _MF + "TRANSFORMER_IN_FEATURE": _only(
+        "multi_scale_pixel_decoder", "the multi-scale pixel decoder's features", []
+    ),
+    _MF + "ENC_LAYERS": _only(0, "MaskFormer's transformer encoder is not part of Mask2Former", []),
+    _MF + "TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": _postprocessing_before_inference,
+    "MODEL.META_ARCHITECTURE": _only(
+        "MaskFormer", "", [("MODEL.META_ARCHITECTURE", "ClusterFormer")]
+    ),
+}
+
+
+def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    out: Dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def _set(node: Dict[str, Any], dotted_key: str, value: Any) -> None:
+    *parents, last = dotted_key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _delete(node: Dict[str, Any], dotted_key: str) -> None:
+    *parents, last = dotted_key.split(".")
+    chain = [node]
+    for part in parents:
+        chain.append(chain[-1][part])
+    del chain[-1][last]
+    for parent, part in zip(reversed(chain[:-1]), reversed(parents)):
+        if not parent[part]:
+            del parent[part]
+
+
+def is_mask2former_key(dotted_key: str, value: Any = None) -> bool:
+    """A key of Mask2Former's config that this project's config does not have."""
+    if dotted_key == "MODEL.META_ARCHITECTURE":
+        return value == "MaskFormer"
+    return dotted_key.startswith((_MF, "MODEL.SWIN."))
+
+
+def translate_mask2former_key(
+    dotted_key: str, value: Any, context: Dict[str, Any], where: str
+) -> List[Tuple[str, Any]]:
+    """The ClusterFormer ``(key, value)`` pairs of one Mask2Former key; ``context`` holds the
+    other keys of the same source (for the keys whose meaning depends on them); ``where`` names
+    the source in errors. Raises :class:`Mask2FormerConfigError`."""
+    if dotted_key in MASK2FORMER_RENAMES:
+        return [(MASK2FORMER_RENAMES[dotted_key], value)]
+    if dotted_key in MASK2FORMER_TRANSLATORS:
+        try:
+            return MASK2FORMER_TRANSLATORS[dotted_key](value, context)
+        except _UnsupportedError as reason:
+            raise Mask2FormerConfigError(
+                f"Mask2Former config key {dotted_key} = {value!r} {where} is not supported: {reason}"
+            ) from None
+    if dotted_key.startswith("MODEL.SWIN."):
+        raise Mask2FormerConfigError(
+            f"Mask2Former config key {dotted_key} {where} is not supported: ClusterFormer has no "
+            "Swin backbone (MODEL.CLUSTERFORMER.* configures its backbone; a Mask2Former "
+            "checkpoint's backbone is skipped, see docs/mask2former_compatibility.md)"
+        )
+    raise Mask2FormerConfigError(
+        f"Mask2Former config key {dotted_key} {where} has no ClusterFormer counterpart "
+        "(docs/mask2former_compatibility.md lists the supported ones)"
+    )
+
+
+def translate_mask2former_config(content: Dict[str, Any], config_file: str) -> bool:
+    """Rewrite, in place, the Mask2Former keys of a config file's content (``_BASE_`` chain
+    merged) into ClusterFormer keys, logging each; ``True`` when there were any.
+
+    Where a file of the chain also sets a translated key under its ClusterFormer name, the more
+    derived file wins, as ``_BASE_`` overriding does; the same file setting both with different
+    values is ambiguous: :class:`Mask2FormerConfigError` names both keys and the file.
+    """
+    flat = _flatten(content)
+    found = {k: v for k, v in flat.items() if is_mask2former_key(k, v)}
+    if not found:
+        return False
+    chain = base_chain(config_file)
+
+    def depth(path: str) -> int:  # 0: the most derived file
+        return chain.index(path) if path in chain else len(chain)
+
+    for key, value in found.items():
+        source = file_setting(config_file, key) or config_file
+        pairs = translate_mask2former_key(key, value, found, f"in config file {source!r}")
+        if key not in (target for target, _ in pairs):
+            _delete(content, key)
+        if not pairs:
+            logger.info(
+                "Config %s: Mask2Former key %s = %r is what ClusterFormer does; dropped",
+                source,
+                key,
+                value,
+            )
+        for target, new_value in pairs:
+            if target != key and target in flat and flat[target] != new_value:
+                other = file_setting(config_file, target) or config_file
+                if other == source:
+                    raise Mask2FormerConfigError(
+                        f"ambiguous config: {source!r} sets Mask2Former key {key} = {value!r}, "
+                        f"which means {target} = {new_value!r}, and {target} = {flat[target]!r}; "
+                        "keep one of the two"
+                    )
+                if depth(other) < depth(source):
+                    logger.info(
+                        "Config %s: Mask2Former key %s = %r is overridden by %s = %r in %s",
+                        source,
+                        key,
+                        value,
+                        target,
+                        flat[target],
+                        other,
+                    )
+                    continue
+            flat[target] = new_value
+            _set(content, target, new_value)
+            logger.info(
+                "Config %s: Mask2Former key %s = %r read as %s = %r",
+                source,
+                key,
+                value,
+                target,
+                new_value,
+            )
+    return True
+
+
 def merge_config_file(cfg: CfgNode, config_file: str) -> None:
     """``cfg.merge_from_file(config_file)``; an unknown or mistyped key raises ``KeyError`` /
-    ``ValueError`` naming the key and the file of the ``_BASE_`` chain that sets it."""
+    ``ValueError`` naming the key and the file of the ``_BASE_`` chain that sets it. Mask2Former
+    key names are translated first (module docstring)."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file {config_file!r} does not exist")
+    content = type(cfg).load_yaml_with_base(config_file, allow_unsafe=True)
     try:
-        cfg.merge_from_file(config_file)
+        if translate_mask2former_config(content, config_file):
+            # The translated chain, already merged, goes through Detectron2's own file merge
+            # (its version handling included) as one file.
+            with tempfile.TemporaryDirectory() as folder:
+                translated = os.path.join(folder, os.path.basename(config_file))
+                with open(translated, "w") as f:
+                    yaml.dump(content, f)
+                cfg.merge_from_file(translated)
+        else:
+            cfg.merge_from_file(config_file)
+    except Mask2FormerConfigError:
+        raise
     except (KeyError, ValueError, AssertionError) as error:
         message = error.args[0] if error.args else str(error)
         key = _key_of(error)
@@ -104,24 +357,49 @@ def merge_config_file(cfg: CfgNode, config_file: str) -> None:
 
 def merge_config_opts(cfg: CfgNode, opts: Sequence[str]) -> None:
     """``cfg.merge_from_list(opts)``; an unknown key raises ``KeyError`` naming it and saying it
-    came from the command line, an odd-length list ``ValueError``."""
+    came from the command line, an odd-length list ``ValueError``. Mask2Former key names are
+    translated (module docstring)."""
     opts = list(opts)
     if len(opts) % 2:
         raise ValueError(
             f"Config overrides must be KEY VALUE pairs; got an odd number of items: {opts}"
         )
     for key, value in zip(opts[0::2], opts[1::2]):
-        try:
-            cfg.merge_from_list([key, value])
-        except AssertionError as error:  # yacs asserts that the key exists
-            raise KeyError(
-                f"Unknown config key {key!r} given on the command line{_hint(cfg, key)}"
-            ) from error
-        except KeyError as error:  # e.g. a renamed key
-            message = error.args[0] if error.args else str(error)
-            raise KeyError(f"Config key {key!r} given on the command line: {message}") from error
-        except ValueError as error:
-            raise ValueError(f"Config key {key!r} given on the command line: {error}") from error
+        if is_mask2former_key(key, value):
+            pairs = _translate_opt(key, value)
+        else:
+            pairs = [(key, value)]
+        for name, setting in pairs:
+            _merge_opt(cfg, name, setting)
+
+
+def _translate_opt(key: str, value: str) -> List[Tuple[str, Any]]:
+    """A Mask2Former command-line override as ClusterFormer ``(key, value)`` pairs."""
+    try:
+        decoded = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        decoded = value
+    where = "given on the command line"
+    pairs = translate_mask2former_key(key, decoded, {key: decoded}, where)
+    for target, new_value in pairs:
+        logger.info(
+            "Command line: Mask2Former key %s %s read as %s %r", key, value, target, new_value
+        )
+    return [(target, repr(new_value)) for target, new_value in pairs]
+
+
+def _merge_opt(cfg: CfgNode, key: str, value: str) -> None:
+    try:
+        cfg.merge_from_list([key, value])
+    except AssertionError as error:  # yacs asserts that the key exists
+        raise KeyError(
+            f"Unknown config key {key!r} given on the command line{_hint(cfg, key)}"
+        ) from error
+    except KeyError as error:  # e.g. a renamed key
+        message = error.args[0] if error.args else str(error)
+        raise KeyError(f"Config key {key!r} given on the command line: {message}") from error
+    except ValueError as error:
+        raise ValueError(f"Config key {key!r} given on the command line: {error}") from error
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
