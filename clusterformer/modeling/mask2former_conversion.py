@@ -56,6 +56,7 @@ __all__ = [
     "load_state_dict_file",
     "mask2former_counterpart",
     "to_detectron2_mask2former",
+    "to_transformers_mask2former",
 ]
 
 FORMATS = ("detectron2", "transformers")
@@ -524,6 +525,23 @@ def load_state_dict_file(path: str, *, allow_pickle: bool = False) -> Dict[str, 
         if isinstance(data.get(entry), Mapping):
             return dict(data[entry])
     return dict(data)
+
+
+def to_transformers_mask2former(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """This project's decoder weights under transformers ``Mask2FormerForUniversalSegmentation``'s
+    names (without its backbone): the inverse of ``convert_mask2former(..., "transformers")``.
+    Raises :class:`Mask2FormerConversionError` for a key transformers has no counterpart of."""
+    state = _strip_wrappers(state)
+    ours = {k: v for k, v in state.items() if k.startswith((PIXEL_DECODER_PREFIX, DECODER_PREFIX))}
+    fused = _fuse_qkv(ours, _OUR_CROSS, r"\1")
+    renamed, unmapped = _rename(fused, tuple((dst, src) for src, dst in TRANSFORMERS_RULES))
+    if unmapped:
+        raise Mask2FormerConversionError(
+            f"{len(unmapped)} decoder key(s) have no transformers Mask2Former counterpart: "
+            f"{_listing(sorted(unmapped))}"
+        )
+    # transformers' query self-attention has separate q/k/v projections.
+    return _split_qkv(renamed, re.escape(_HF_MODULE) + r"decoder\.layers\.\d+\.self_attn\.")
 
 
 # ---- checks against a model -----------------------------------------------------------------

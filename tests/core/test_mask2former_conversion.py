@@ -24,6 +24,7 @@ from clusterformer.modeling.mask2former_conversion import (
     inferred_config,
     load_state_dict_file,
     to_detectron2_mask2former,
+    to_transformers_mask2former,
 )
 from clusterformer.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 from clusterformer.modeling.transformer_decoder import ClusteringTransformerDecoder
@@ -275,6 +276,21 @@ def test_transformers_to_detectron2_names_round_trip():
     assert set(back.state_dict) == set(ours)
     for key, value in ours.items():
         assert torch.equal(back.state_dict[key], value), key
+
+
+def test_transformers_names_round_trip():
+    hf = build_hf_mask2former()
+    state = hf.state_dict()
+    conversion = convert_mask2former(state)
+    back = to_transformers_mask2former(conversion.state_dict)
+    assert set(back) == set(state) - set(conversion.skipped)
+    for key, value in back.items():
+        assert torch.equal(value, state[key]), key
+    # The Mask2Former weights of our modules load into transformers' model with no missing key
+    # beyond its backbone and loss buffer.
+    result = hf.load_state_dict(back, strict=False)
+    assert sorted(result.missing_keys) == sorted(conversion.skipped)
+    assert result.unexpected_keys == []
 
 
 def test_mask2former_model_without_head_prefix():

@@ -14,7 +14,10 @@ import torch
 import clusterformer.engine.checkpointer as checkpointer_module
 from clusterformer.config_files import load_config
 from clusterformer.engine import CheckpointMismatchError, ClusterFormerCheckpointer, Trainer
-from clusterformer.modeling.mask2former_conversion import to_detectron2_mask2former
+from clusterformer.modeling.mask2former_conversion import (
+    to_detectron2_mask2former,
+    to_transformers_mask2former,
+)
 
 BASE_CONFIG = "configs/shapes/Base-Shapes-PanopticSegmentation.yaml"
 DECODERS = ("pixel_decoder.", "transformer_decoder.")
@@ -101,6 +104,26 @@ def test_model_weights_load_a_mask2former_checkpoint(tmp_path, logs, layout):
     assert "skipped (not loaded): 2 backbone" in text and "1 loss buffer" in text
     # Detectron2's loader then lists the model's backbone as not found in the checkpoint.
     assert "backbone." in text
+
+
+def test_model_weights_load_a_transformers_state_dict(tmp_path, logs):
+    """``torch.save(Mask2FormerForUniversalSegmentation(...).state_dict())``: transformers' names."""
+    cfg, model = build()
+    _, expected = mask2former_checkpoint(model)
+    state = to_transformers_mask2former(expected)
+    state["model.pixel_level_module.encoder.embeddings.patch_embeddings.projection.weight"] = (
+        torch.ones(96, 3, 4, 4)
+    )
+    state["criterion.empty_weight"] = torch.ones(8)
+    path = str(tmp_path / "pytorch_model.bin")
+    torch.save(state, path)
+    ClusterFormerCheckpointer.from_config(cfg, model).resume_or_load(path, resume=False)
+    loaded = model.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+    text = "\n".join(logs)
+    assert "is a Mask2Former checkpoint (transformers names)" in text
+    assert "skipped (not loaded): 1 backbone" in text
 
 
 def test_mask2former_checkpoint_of_another_depth_is_refused(tmp_path):
