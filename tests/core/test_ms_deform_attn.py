@@ -560,6 +560,26 @@ def test_module_imports_and_runs_when_the_extension_cannot_load():
     assert result.stdout.startswith("1 clusterformer._C could not be imported"), result.stdout
 
 
+def test_a_build_without_the_operator_counts_as_not_built():
+    """An extension built before the dispatcher operator (pybind functions only) is not used."""
+    code = (
+        "import sys, types, warnings, torch\n"
+        "stale = types.ModuleType('clusterformer._C')  # imports, registers no operator\n"
+        "stale.with_cuda = False\n"
+        "sys.modules['clusterformer._C'] = stale\n"
+        "import importlib\n"
+        "msda = importlib.import_module('clusterformer.modeling.ops.ms_deform_attn')\n"
+        "assert msda._C is None and not msda.extension_available('cpu')\n"
+        "print(msda._C_IMPORT_ERROR)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "predates the dispatcher operator" in result.stdout, result.stdout
+
+
 def test_input_errors_name_the_argument():
     value, spatial_shapes, level_start_index, locations, weights = make_inputs()
     with pytest.raises(ValueError, match=r"value must be \(N, S, M, D\)"):
