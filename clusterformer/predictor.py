@@ -267,6 +267,13 @@ class ClusterFormerPredictor:
         if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
         self.confidence_threshold = confidence_threshold
+        if cfg.TEST.AUG.ENABLED:
+            # Not an error: the config a model was trained and evaluated with is often reused.
+            logger.warning(
+                "TEST.AUG.ENABLED is True, but the predictor (and the demo and exports built on "
+                "it) runs the model once per image: test-time augmentation is applied only by "
+                "train_net.py's semantic-segmentation evaluation (docs/segmentation.md)."
+            )
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(

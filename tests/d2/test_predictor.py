@@ -341,3 +341,14 @@ def test_decoder_cluster_labels():
     }
     maps.estep_query_classes = None
     assert decoder_cluster_labels(maps, [1], None) == {1: "q1 2 0.80"}
+
+
+def test_test_time_augmentation_key_is_not_ignored_silently(caplog):
+    """The predictor runs the model once per image; a config asking for TTA says so."""
+    cfg = make_cfg(CLS_CONFIG, "", "TEST.AUG.ENABLED", "True")
+    with (
+        caplog.at_level("WARNING", logger="clusterformer.predictor"),
+        pytest.raises(ValueError, match="MODEL.WEIGHTS"),
+    ):
+        ClusterFormerPredictor(cfg)
+    assert "TEST.AUG.ENABLED" in caplog.text
