@@ -15,6 +15,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import pytest
 import torch
+from tool_modules import load_tool
 
 from clusterformer.modeling.mask2former_conversion import (
     Mask2FormerConversionError,
@@ -507,8 +508,6 @@ def test_legacy_static_query_name():
 
 
 def test_convert_tool(tmp_path, capsys):
-    from tool_modules import load_tool
-
     tool = load_tool("convert_mask2former")
     source = tmp_path / "m2f.pkl"
     with open(source, "wb") as f:
