@@ -32,6 +32,9 @@ DENSE = ["DATASETS.TRAIN", '("shapes_dense_panoptic_train",)']
 # The 2-core budget of `make run` (15 minutes with the environment) holds about 1200 iterations:
 # the 1000-iteration fresh-clone run took 12 min 15 s, about 0.42 s per iteration on 2 threads.
 LONGER = ["SOLVER.MAX_ITER", "1200", "SOLVER.STEPS", "(1080,)"]
+# Twice the iterations (lr / 10 at 90%, as in `make run`): what the budget holds once the
+# training step is faster (docs/benchmarks.md).
+TWICE = ["SOLVER.MAX_ITER", "2000", "SOLVER.STEPS", "(1800,)"]
 # An exponential moving average of the weights, evaluated instead of them (MODEL_EMA), with a
 # horizon of about 1 / (1 - decay) = 100 iterations, the length of the decayed-lr phase.
 EMA = ["MODEL_EMA.ENABLED", "True", "MODEL_EMA.DECAY", "0.99"]
@@ -107,6 +110,13 @@ def variants():
             "make_run_trained_weights with each instance mask and its box reduced to the "
             "mask's largest connected region (evaluation only)",
             eval_weights=EMA_RUN_WEIGHTS,
+            seeds=(0, 1, 2),
+        ),
+        Variant(
+            "make_run_2000_iterations",
+            CONFIG,
+            MAKE_RUN + LARGEST_COMPONENT + TWICE,
+            "the `make run` recipe (largest components) at 2000 iterations (lr / 10 at 1800)",
             seeds=(0, 1, 2),
         ),
     ]
