@@ -18,6 +18,10 @@ def detectron2_available() -> bool:
 
 
 if detectron2_available():
+    # Detectron2's data and drawing modules import cv2: say which packages provide it first.
+    from .utils.opencv import import_cv2
+
+    import_cv2()
     from . import data  # noqa: F401  (registers the data sets)
     from .config import add_clusterformer_config  # noqa: F401
     from .modeling import meta_arch  # noqa: F401  (registers backbones and meta-architectures)

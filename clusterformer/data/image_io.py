@@ -17,6 +17,10 @@ float (``F``)               ``ValueError``: no agreed intensity range
 
 With ``format=None`` the file's own values are returned untouched (label PNGs: a 16-bit label map
 stays 16-bit). Undecodable or truncated files raise ``OSError`` naming the file.
+
+Files are opened through :func:`path_manager` (Detectron2's ``PathManager`` where detectron2 is
+installed, else iopath's), so paths served by a registered iopath handler (remote storage) work,
+as they do with Detectron2's own loaders.
 """
 
 from __future__ import annotations
@@ -24,10 +28,22 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+from iopath.common.file_io import PathManager as IopathPathManager
 from PIL import Image, ImageOps
 
 # PIL modes holding unsigned 16-bit samples.
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def path_manager() -> IopathPathManager:
+    """The ``PathManager`` that opens data files: Detectron2's (``detectron2.utils.file_io``,
+    where Detectron2 users register their handlers) when detectron2 is installed, else iopath's
+    global ``g_pathmgr`` (the model core runs without detectron2)."""
+    try:
+        from detectron2.utils.file_io import PathManager
+    except ImportError:
+        from iopath.common.file_io import g_pathmgr as PathManager
+    return PathManager
 
 
 def apply_exif_orientation(image: Image.Image) -> Image.Image:
@@ -78,7 +94,7 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
     """Read an image file with its EXIF orientation applied.
 
     Args:
-        file_name: a local file.
+        file_name: a local file or a path a handler of :func:`path_manager` serves.
         format: "RGB", "BGR", "L" (or another PIL mode): ``(H, W, C)`` uint8, every input mode
             mapped to 8 bits (see the module docstring). None: the file's own values (``(H, W)``
             for single-channel files), e.g. for label maps.
@@ -88,7 +104,7 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
             names the file. ValueError: a pixel type without an 8-bit meaning (float, wide int).
     """
     try:
-        with open(file_name, "rb") as f:
+        with path_manager().open(file_name, "rb") as f:
             image = Image.open(f)
             image.load()  # decode now: a truncated file fails here, not later in a transform
     except OSError as error:

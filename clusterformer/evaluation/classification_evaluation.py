@@ -13,6 +13,7 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ class ClassificationEvaluator(DatasetEvaluator):
         n = len(unique)
         result = {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "num_images": n}
         if self.output_dir:
-            os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, "classification_predictions.json"), "w") as f:
+            PathManager.mkdirs(self.output_dir)
+            path = os.path.join(self.output_dir, "classification_predictions.json")
+            with PathManager.open(path, "w") as f:
                 json.dump(list(unique.values()), f)
         logger.info("Classification on %s: %s", self.dataset_name, result)
         return OrderedDict({"classification": result})

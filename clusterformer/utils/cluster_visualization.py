@@ -11,8 +11,11 @@ from __future__ import annotations
 import colorsys
 from typing import Dict, Optional, Tuple
 
-import cv2
 import numpy as np
+
+from .opencv import import_cv2
+
+cv2 = import_cv2()
 
 # Golden-ratio hue steps give neighbouring ids well separated hues.
 _GOLDEN_RATIO_CONJUGATE = 0.6180339887498949

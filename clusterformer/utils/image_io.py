@@ -7,11 +7,9 @@ narrows them to colour images and to a single error type the demo can catch per 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from ..data.image_io import read_image
+from ..data.image_io import path_manager, read_image
 
 
 class UnreadableImageError(OSError):
@@ -28,7 +26,7 @@ def read_image_uint8(file_name: str, format: str = "BGR") -> np.ndarray:
     """
     if format not in ("BGR", "RGB"):
         raise ValueError(f"read_image_uint8: format must be 'BGR' or 'RGB', got {format!r}")
-    if not os.path.isfile(file_name):
+    if not path_manager().isfile(file_name):
         raise UnreadableImageError(f"{file_name!r} is not a file")
     try:
         return read_image(file_name, format)

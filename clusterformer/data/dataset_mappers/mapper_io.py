@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import numpy as np
 from detectron2.data.detection_utils import SizeMismatchError
 
-from ..image_io import read_image
+from ..image_io import path_manager, read_image
 
 
 def read_image_file(file_name: str, image_format: Optional[str], role: str = "image") -> np.ndarray:
@@ -23,7 +22,7 @@ def read_image_file(file_name: str, image_format: Optional[str], role: str = "im
         (truncated, not an image) or has a pixel type without an 8-bit meaning. Both messages
         name ``role`` and the file.
     """
-    if not os.path.isfile(file_name):
+    if not path_manager().isfile(file_name):
         raise FileNotFoundError(f"The {role} file {file_name!r} does not exist")
     try:
         return read_image(file_name, format=image_format)

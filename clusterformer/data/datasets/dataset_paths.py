@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional
 
+from ..image_io import path_manager
+
 
 def datasets_root() -> str:
     """``$DETECTRON2_DATASETS`` (default ``datasets``), as Detectron2's builtin data sets use it."""
@@ -20,7 +22,7 @@ def require_paths(
     data sets that are not on this machine costs nothing.
     """
     for description, path in paths.items():
-        if not os.path.exists(path):
+        if not path_manager().exists(path):
             hint = f" {how_to_make}." if how_to_make else ""
             raise FileNotFoundError(
                 f"Data set {dataset_name!r}: the {description} {path!r} does not exist "

@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+from ..image_io import path_manager
 from .path_safety import resolve_inside
 
 
@@ -47,7 +48,7 @@ def load_panoptic_json(
         annotation ``file_name`` leads outside ``image_root`` / ``panoptic_root`` (``..``, or an
         absolute path elsewhere).
     """
-    with open(panoptic_json) as f:
+    with path_manager().open(panoptic_json, "r") as f:
         content = json.load(f)
     images = {image["id"]: image for image in content.get("images", [])}
 
@@ -108,7 +109,7 @@ def check_first_record_files(
     """
     first = dataset_dicts[0]
     for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
-        if key in first and not os.path.isfile(first[key]):
+        if key in first and not path_manager().isfile(first[key]):
             raise FileNotFoundError(
                 f"Data set {dataset_name!r}: {key} {first[key]!r} of the first annotation of "
                 f"{panoptic_json!r} does not exist; the annotation JSON does not match the "

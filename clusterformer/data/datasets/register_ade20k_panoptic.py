@@ -15,6 +15,8 @@ import json
 import os
 from typing import Any, Dict
 
+from detectron2.utils.file_io import PathManager
+
 from .ade20k_categories import ade20k_categories
 from .dataset_paths import datasets_root, require_paths
 from .register_formats import PanopticFiles, panoptic_metadata, register_panoptic_json
@@ -47,7 +49,7 @@ def ade20k_panoptic_metadata() -> Dict[str, Any]:
 
 def check_json_categories(panoptic_json: str) -> None:
     """The JSON's categories must be the 150 ADE20K classes with the same thing / stuff split."""
-    with open(panoptic_json) as f:
+    with PathManager.open(panoptic_json, "r") as f:
         categories = json.load(f).get("categories", [])
     expected = {c["id"]: c["isthing"] for c in ade20k_categories()}
     found = {c["id"]: int(c.get("isthing", 0)) for c in categories}
