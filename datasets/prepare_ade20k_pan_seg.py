@@ -26,53 +26,26 @@ Usage: ``python datasets/prepare_ade20k_pan_seg.py [--workers N]``
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 try:
     from clusterformer.data.datasets.ade20k_categories import ADE20K_THING_IDS, ade20k_categories
+    from clusterformer.utils.progress import map_with_progress
 except ImportError:  # run from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from clusterformer.data.datasets.ade20k_categories import ADE20K_THING_IDS, ade20k_categories
+    from clusterformer.utils.progress import map_with_progress
 
 SPLITS = (("train", "training"), ("val", "validation"))
-T = TypeVar("T")
-
-
-def _apply(function: Callable[..., T], task: Sequence) -> T:
-    return function(*task)
-
-
-def map_with_progress(
-    function: Callable[..., T], tasks: Sequence[Sequence], workers: int, description: str
-) -> List[T]:
-    """``[function(*task) for task in tasks]`` in order, on ``workers`` processes, with a progress
-    bar on stderr (files done, rate and the estimated time left)."""
-    results: List[T] = []
-    with tqdm(total=len(tasks), desc=description, unit="file", smoothing=0.05) as progress:
-        if workers <= 1:
-            for task in tasks:
-                results.append(function(*task))
-                progress.update()
-            return results
-        # Small chunks keep the bar and its estimate current; 16 files amortise the transfer.
-        chunksize = max(1, min(16, len(tasks) // (4 * workers)))
-        with mp.Pool(processes=workers) as pool:
-            for result in pool.imap(functools.partial(_apply, function), tasks, chunksize):
-                results.append(result)
-                progress.update()
-    return results
 
 
 class SegmentIdAllocator:
