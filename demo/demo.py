@@ -17,22 +17,34 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple
+from functools import cache
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import cv2
-import numpy as np
-import tqdm
-from detectron2.config import CfgNode, get_cfg
-from detectron2.utils.logger import setup_logger
+from clusterformer.utils.opencv import import_cv2
 
-from clusterformer import ClusterFormerPredictor, add_clusterformer_config
-from clusterformer.data.datasets.user_registration import REGISTER_HELP, run_registration_files
-from clusterformer.modeling.backbone.clusterformer import STAGE_NAMES
-from clusterformer.predictor import TASKS, enable_task_outputs, infer_task
-from clusterformer.utils.image_io import UnreadableImageError, read_image_uint8
-from clusterformer.utils.visualizer import PredictionVisualizer, render_cluster_maps
+cv2 = import_cv2()  # before detectron2, which imports cv2 without saying which package gives it
+
+import numpy as np  # noqa: E402
+import tqdm  # noqa: E402
+from detectron2.config import CfgNode  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.utils.file_io import PathManager  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from clusterformer import ClusterFormerPredictor  # noqa: E402
+from clusterformer.config_files import load_config  # noqa: E402
+from clusterformer.data.datasets.class_metadata import class_metadata  # noqa: E402
+from clusterformer.data.datasets.user_registration import (  # noqa: E402
+    REGISTER_HELP,
+    run_registration_files,
+)
+from clusterformer.modeling.backbone.clusterformer import STAGE_NAMES  # noqa: E402
+from clusterformer.predictor import TASKS, enable_task_outputs, infer_task  # noqa: E402
+from clusterformer.utils.image_io import UnreadableImageError, read_image_uint8  # noqa: E402
+from clusterformer.utils.visualizer import PredictionVisualizer, render_cluster_maps  # noqa: E402
 
 WINDOW_NAME = "ClusterFormer"
 # What runs the network (--backend): the eager model or an export of tools/deploy/export_model.py.
@@ -41,6 +53,10 @@ BACKENDS = ("pytorch", "torchscript", "onnxruntime")
 WRITABLE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Unreadable frames tolerated in a row before a video is considered finished.
 MAX_CONSECUTIVE_BAD_FRAMES = 5
+# Video codecs, best first, as Detectron2's demo picks them: x264 in Matroska where the OpenCV build
+# has it (pip's OpenCV wheels do not: their FFmpeg is built without the GPL libx264), else mp4v.
+PREFERRED_VIDEO_FORMAT = ("x264", ".mkv")
+FALLBACK_VIDEO_FORMAT = ("mp4v", ".mp4")
 
 logger = logging.getLogger("clusterformer.demo")
 
@@ -81,8 +97,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--show-clusters",
         action="store_true",
-        help="also write <name>_clusters_<stage>.png: each pixel's cluster in the chosen "
-        "backbone stages and in the decoder (images only)",
+        help="also draw each pixel's cluster in the chosen backbone stages and in the decoder: "
+        "<name>_clusters_<stage>.png for images, a <name>_clusters_<stage> video for videos "
+        "(beside the frame in the window without --output)",
     )
     parser.add_argument(
         "--cluster-stages",
@@ -98,6 +115,12 @@ def get_parser() -> argparse.ArgumentParser:
         "--no-cluster-labels",
         action="store_true",
         help="do not label the decoder's clusters with their queries' predicted classes",
+    )
+    parser.add_argument(
+        "--metadata",
+        metavar="NAME",
+        help="the registered data set whose class names and colours are drawn (e.g. one of "
+        "--register FILE); default: the config's DATASETS.TEST[0] (else DATASETS.TRAIN[0])",
     )
     parser.add_argument(
         "--backend",
@@ -123,13 +146,70 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> Tuple[CfgNode, str]:
-    """The config of ``--config-file`` + ``--opts`` with the outputs of the task enabled."""
-    cfg = get_cfg()
-    add_clusterformer_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    """The config of ``--config-file`` + ``--opts`` (through the project's loader, whose errors
+    name the key and the file that sets it, or the command line) with the task's outputs
+    enabled."""
+    cfg = load_config(args.config_file, args.opts)
     task = args.task or infer_task(cfg)
     return enable_task_outputs(cfg, task), task
+
+
+def resolve_metadata(name: Optional[str]) -> Optional[Any]:
+    """The metadata of the registered data set ``name`` (``--metadata``); None when ``name`` is
+    None (the predictor's: the config's DATASETS.TEST[0], else DATASETS.TRAIN[0]).
+
+    Raises:
+        ValueError: ``name`` is not a registered data set (the message lists the close ones).
+    """
+    if name is None:
+        return None
+    if name not in DatasetCatalog.list() and name not in MetadataCatalog.list():
+        import difflib
+
+        known = sorted(set(DatasetCatalog.list()) | set(MetadataCatalog.list()))
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"--metadata {name!r}: no data set of that name is registered{hint} (register "
+            "yours with --register FILE, see docs/custom_datasets.md)"
+        )
+    metadata = class_metadata(name)
+    if not (metadata.get("thing_classes", None) or metadata.get("stuff_classes", None)):
+        logger.warning("Data set %r has no class names: classes are drawn as numbers", name)
+    return metadata
+
+
+@cache
+def video_format_supported(codec: str, suffix: str) -> bool:
+    """Whether this OpenCV build writes ``codec`` into a ``suffix`` file: a short clip is written
+    to a temporary folder, as Detectron2's demo tests it."""
+    with tempfile.TemporaryDirectory(prefix="clusterformer_video_format_") as folder:
+        path = os.path.join(folder, "probe" + suffix)
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), 30.0, (16, 16), True)
+        opened = writer.isOpened()
+        for _ in range(5):
+            writer.write(np.zeros((16, 16, 3), np.uint8))
+        writer.release()
+        return opened and os.path.isfile(path) and os.path.getsize(path) > 0
+
+
+def choose_video_format(suffix: Optional[str] = None) -> Tuple[str, str]:
+    """(codec, file suffix) for a written video: x264 when this OpenCV build writes it, else
+    mp4v; the choice is logged. ``suffix`` is that of an output file the user named (kept);
+    None (an output folder) picks ``.mkv`` for x264 and ``.mp4`` for mp4v."""
+    preferred_codec, preferred_suffix = PREFERRED_VIDEO_FORMAT
+    suffix_tried = suffix or preferred_suffix
+    if video_format_supported(preferred_codec, suffix_tried):
+        logger.info("Writing videos with the x264 codec (%s)", suffix_tried)
+        return preferred_codec, suffix_tried
+    fallback_codec, fallback_suffix = FALLBACK_VIDEO_FORMAT
+    logger.warning(
+        "This OpenCV build cannot write x264 video (%s); writing mp4v (%s) instead (an OpenCV "
+        "built with FFmpeg and libx264 writes smaller files)",
+        suffix_tried,
+        suffix or fallback_suffix,
+    )
+    return fallback_codec, suffix or fallback_suffix
 
 
 @dataclass
@@ -159,8 +239,9 @@ class DemoSummary:
 
 
 def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """Files, folders (their files, sorted, hidden ones skipped) and glob patterns -> (the files
-    to process, [(pattern, reason)] for patterns that name nothing)."""
+    """Files (local or served by an iopath handler registered with Detectron2's PathManager),
+    local folders (their files, sorted, hidden ones skipped) and glob patterns -> (the files to
+    process, [(pattern, reason)] for patterns that name nothing)."""
     files: List[str] = []
     missing: List[Tuple[str, str]] = []
     for pattern in patterns:
@@ -170,7 +251,7 @@ def expand_inputs(patterns: Sequence[str]) -> Tuple[List[str], List[Tuple[str, s
             files.extend(
                 os.path.join(pattern, n) for n in names if os.path.isfile(os.path.join(pattern, n))
             )
-        elif os.path.isfile(pattern):
+        elif PathManager.isfile(pattern):  # local, or served by a registered iopath handler
             files.append(pattern)
         else:
             matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
@@ -225,7 +306,9 @@ def show_bgr(image_bgr: np.ndarray, wait_ms: int) -> int:
 class Demo:
     """Runs the predictor and the visualiser over the inputs of one demo invocation."""
 
-    def __init__(self, cfg: CfgNode, task: str, args: argparse.Namespace):
+    def __init__(
+        self, cfg: CfgNode, task: str, args: argparse.Namespace, metadata: Optional[Any] = None
+    ):
         self.task = task
         self.args = args
         if args.backend == "pytorch":
@@ -238,7 +321,7 @@ class Demo:
             self.predictor = ExportedPredictor(
                 cfg, args.export, confidence_threshold=args.confidence_threshold
             )
-        self.metadata = self.predictor.metadata
+        self.metadata = metadata if metadata is not None else self.predictor.metadata
         self.summary = DemoSummary()
         if args.show_clusters:
             check_cluster_head(self.predictor, args.cluster_stages, args.cluster_head)
@@ -305,8 +388,10 @@ class Demo:
     # ---- videos ---------------------------------------------------------------------------
     def run_on_video(self, source: str, capture: cv2.VideoCapture, output: Optional[str]) -> None:
         """Draw every frame of ``capture``; write them to a video (same size and frame rate) or
-        show them. Frames already written are kept whatever happens later (the writer is
-        released in all cases), and the report compares them with the announced count."""
+        show them. With ``--show-clusters`` each cluster map is a video of its own (beside the
+        frame in the window). Frames already written are kept whatever happens later (the
+        writers are released in all cases), and the report compares them with the announced
+        count."""
         if not capture.isOpened():
             raise UnreadableImageError(f"Cannot open the video {source!r}")
         width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -316,48 +401,57 @@ class Demo:
         if not math.isfinite(fps) or fps <= 0:
             logger.warning("%s announces no frame rate; writing at 30 fps", source)
             fps = 30.0
-        if self.args.show_clusters:
-            logger.warning("--show-clusters draws images only; ignored for videos")
-        writer = None
+        writers = VideoWriters(fps, (width, height))
         out_path = None
         if output is not None:
-            out_path = output
             if output_is_folder(output):
+                writers.codec, suffix = choose_video_format()
                 stem = os.path.splitext(os.path.basename(source))[0] or "webcam"
-                out_path = os.path.join(output, stem + ".mp4")
-            os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-            writer = cv2.VideoWriter(
-                out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height), True
-            )
-            if not writer.isOpened():
-                raise OSError(f"OpenCV cannot write the video {out_path!r} (mp4v)")
+                out_path = os.path.join(output, stem + suffix)
+            else:
+                writers.codec, _ = choose_video_format(os.path.splitext(output)[1])
+                out_path = output
+            writers.open("", out_path)
         visualizer = PredictionVisualizer(self.metadata, self.task, video=True)
         written = 0
         progress = tqdm.tqdm(total=expected if expected > 0 else None, unit="frame")
         try:
             for frame in read_frames(capture, expected, source):
-                drawn = visualizer.draw(
-                    np.ascontiguousarray(frame[:, :, ::-1]), self.predictor(frame)
-                )
-                drawn_bgr = np.ascontiguousarray(drawn[:, :, ::-1])
-                if drawn_bgr.shape[:2] != (height, width):
-                    # VideoWriter silently drops frames of another size.
-                    drawn_bgr = cv2.resize(drawn_bgr, (width, height))
-                if writer is not None:
-                    writer.write(drawn_bgr)
-                elif show_bgr(drawn_bgr, 1) == 27:
+                frame_rgb = np.ascontiguousarray(frame[:, :, ::-1])
+                if self.args.show_clusters:
+                    outputs, maps = self.predictor.predict_with_clusters(frame, format="BGR")
+                else:
+                    outputs, maps = self.predictor(frame), None
+                pictures = {"": visualizer.draw(frame_rgb, outputs)}
+                if maps is not None:
+                    for name, picture in render_cluster_maps(
+                        frame_rgb,
+                        maps,
+                        self.args.cluster_stages,
+                        head=self.args.cluster_head,
+                        metadata=self.metadata,
+                        label_queries=not self.args.no_cluster_labels,
+                    ).items():
+                        pictures[f"_clusters_{name}"] = picture
+                pictures_bgr = {
+                    name: fit_frame(picture[:, :, ::-1], width, height)
+                    for name, picture in pictures.items()
+                }
+                if out_path is not None:
+                    stem, suffix = os.path.splitext(out_path)
+                    for name, picture in pictures_bgr.items():
+                        writers.write(name, f"{stem}{name}{suffix}", picture)
+                elif show_bgr(np.hstack(list(pictures_bgr.values())), 1) == 27:
                     break
                 written += 1
                 progress.update(1)
         finally:
             progress.close()
-            if writer is not None:
-                writer.release()
+            writers.release()
             capture.release()
         report = VideoReport(source, out_path, written, expected, fps, (width, height))
         self.summary.videos.append(report)
-        if out_path is not None:
-            self.summary.outputs.append(out_path)
+        self.summary.outputs.extend(writers.paths)
         if report.complete:
             logger.info("%s: %d frames -> %s", source, written, out_path or "window")
         else:
@@ -373,6 +467,45 @@ class Demo:
             self.summary.failures.append((source, "no frame could be read"))
         else:
             self.summary.processed.append(source)
+
+
+def fit_frame(image_bgr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image_bgr`` as a contiguous ``(height, width, 3)`` frame (VideoWriter silently drops
+    frames of another size)."""
+    image_bgr = np.ascontiguousarray(image_bgr)
+    if image_bgr.shape[:2] != (height, width):
+        image_bgr = cv2.resize(image_bgr, (width, height))
+    return image_bgr
+
+
+class VideoWriters:
+    """The videos of one input, by name ("" the drawn frames, "_clusters_<stage>" the cluster
+    maps), opened on first use: which maps exist is known once the first frame is drawn."""
+
+    def __init__(self, fps: float, size: Tuple[int, int]):
+        self.fps = fps
+        self.size = size
+        self.codec = FALLBACK_VIDEO_FORMAT[0]
+        self.writers: Dict[str, cv2.VideoWriter] = {}
+        self.paths: List[str] = []
+
+    def open(self, name: str, path: str) -> None:
+        """Open the video ``name`` at ``path``; OSError naming it when OpenCV cannot."""
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
+        if not writer.isOpened():
+            raise OSError(f"OpenCV cannot write the video {path!r} ({self.codec})")
+        self.writers[name] = writer
+        self.paths.append(path)
+
+    def write(self, name: str, path: str, frame_bgr: np.ndarray) -> None:
+        if name not in self.writers:
+            self.open(name, path)
+        self.writers[name].write(frame_bgr)
+
+    def release(self) -> None:
+        for writer in self.writers.values():
+            writer.release()
 
 
 def check_cluster_head(predictor: ClusterFormerPredictor, stages: Sequence[str], head: int) -> None:
@@ -456,17 +589,20 @@ def main(argv: Optional[Sequence[str]] = None) -> DemoSummary:
         )
     run_registration_files(args.register)
     cfg, task = setup_cfg(args)
+    metadata = resolve_metadata(args.metadata)
     logger.info("Task: %s", task)
-    demo = Demo(cfg, task, args)
+    demo = Demo(cfg, task, args, metadata)
     if args.input:
         demo.run_on_images(files, missing, args.output)
     elif args.video_input:
-        if not os.path.isfile(args.video_input):
+        if not PathManager.isfile(args.video_input):
             demo.summary.failures.append((args.video_input, "no such file"))
             logger.error("%s: no such file", args.video_input)
         else:
             try:
-                demo.run_on_video(args.video_input, cv2.VideoCapture(args.video_input), args.output)
+                # OpenCV reads local files only: a remote video is fetched by its iopath handler.
+                local = PathManager.get_local_path(args.video_input)
+                demo.run_on_video(args.video_input, cv2.VideoCapture(local), args.output)
             except UnreadableImageError as error:
                 demo.summary.failures.append((args.video_input, str(error)))
                 logger.error("%s", error)
@@ -489,7 +625,9 @@ def main(argv: Optional[Sequence[str]] = None) -> DemoSummary:
 if __name__ == "__main__":
     try:
         result = main()
-    except (ValueError, NoDisplayError) as error:
-        print(f"demo.py: error: {error}", file=sys.stderr)
+    except (ValueError, KeyError, FileNotFoundError, NoDisplayError) as error:
+        # A KeyError's str() is its repr: print the message the config loader wrote.
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"demo.py: error: {message}", file=sys.stderr)
         sys.exit(2)
     sys.exit(1 if result.failures else 0)

@@ -9,6 +9,7 @@ so the panoptic config runs with both thresholds at 0 to give it segments to dra
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -210,15 +211,82 @@ def test_confidence_threshold_filters_what_is_drawn(run_demo, photos, tmp_path):
             assert fraction_changed(drawn, photo) > 0.01
 
 
-def test_video_keeps_frame_count_size_and_rate(run_demo, tmp_path):
+@pytest.fixture
+def demo_log():
+    """The demo's log messages (Detectron2's setup_logger stops them propagating to caplog)."""
+    messages: List[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("clusterformer.demo")
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
+def expected_video_name(demo, stem: str) -> str:
+    """What the demo names a video written to a folder: x264 .mkv where OpenCV writes it."""
+    return stem + (".mkv" if demo.video_format_supported("x264", ".mkv") else ".mp4")
+
+
+def test_video_keeps_frame_count_size_and_rate(demo, run_demo, tmp_path, demo_log):
     source = tmp_path / "clip.mp4"
     write_video(source, num_frames=10, fps=7, size=(160, 120))
     summary = run_demo("--video-input", str(source), "--output", str(tmp_path / "out"))
-    frames, fps, size = read_video(tmp_path / "out" / "clip.mp4")
-    assert len(frames) == 10 and fps == pytest.approx(7.0) and size == (160, 120)
     (report,) = summary.videos
+    assert report.output == str(tmp_path / "out" / expected_video_name(demo, "clip"))
+    frames, fps, size = read_video(report.output)
+    assert len(frames) == 10 and fps == pytest.approx(7.0) and size == (160, 120)
     assert (report.frames_written, report.frames_expected) == (10, 10) and report.complete
-    assert summary.failures == []
+    assert summary.failures == [] and summary.outputs == [report.output]
+    # The codec chosen is said in the log.
+    log = "\n".join(demo_log)
+    if report.output.endswith(".mkv"):
+        assert "Writing videos with the x264 codec (.mkv)" in log, log
+    else:
+        assert "cannot write x264 video (.mkv); writing mp4v (.mp4)" in log, log
+
+
+def test_video_format_is_x264_mkv_when_available_else_mp4v(demo, monkeypatch, demo_log):
+    # The probe writes a real clip with OpenCV: mp4v always works, a made-up codec never.
+    assert demo.video_format_supported("mp4v", ".mp4")
+    assert not demo.video_format_supported("ZZZZ", ".mkv")
+
+    monkeypatch.setattr(demo, "video_format_supported", lambda codec, suffix: codec == "x264")
+    assert demo.choose_video_format() == ("x264", ".mkv")
+    assert demo.choose_video_format(".mp4") == ("x264", ".mp4")  # a named file keeps its suffix
+
+    monkeypatch.setattr(demo, "video_format_supported", lambda codec, suffix: False)
+    assert demo.choose_video_format() == ("mp4v", ".mp4")
+    assert demo.choose_video_format(".avi") == ("mp4v", ".avi")
+    assert "cannot write x264 video (.mkv); writing mp4v (.mp4) instead" in demo_log[-2]
+    assert "cannot write x264 video (.avi); writing mp4v (.avi) instead" in demo_log[-1]
+
+
+def test_show_clusters_on_video_writes_one_video_per_map(demo, run_demo, tmp_path):
+    source = tmp_path / "clip.mp4"
+    write_video(source, num_frames=4, fps=5, size=(160, 120))
+    out = tmp_path / "out"
+    summary = run_demo(
+        "--video-input",
+        str(source),
+        "--output",
+        str(out),
+        "--show-clusters",
+        "--cluster-stages",
+        "res2",
+        "res3",
+    )
+    (report,) = summary.videos
+    assert report.complete and summary.failures == []
+    suffix = os.path.splitext(report.output)[1]
+    maps = [str(out / f"clip_clusters_{name}{suffix}") for name in ("res2", "res3", "decoder")]
+    assert sorted(summary.outputs) == sorted([report.output, *maps])
+    drawn, _, _ = read_video(report.output)
+    for path in maps:
+        frames, fps, size = read_video(path)
+        assert len(frames) == 4 and fps == pytest.approx(5.0) and size == (160, 120), path
+        # Colours over every pixel: a cluster map is not the drawn frame.
+        assert np.abs(frames[0].astype(int) - drawn[0]).sum(axis=2).mean() > 10, path
 
 
 @pytest.mark.parametrize("damage", ["corrupt_tail_mp4", "truncated_avi"])
@@ -244,9 +312,9 @@ def test_damaged_video_keeps_the_frames_before_the_damage(damage, run_demo, tmp_
     assert 0 < len(readable) < 10  # the damage is real and the start is intact
 
     summary = run_demo("--video-input", str(source), "--output", str(tmp_path / "out"))
-    written, fps, size = read_video(tmp_path / "out" / "clip.mp4")
-    assert len(written) == len(readable) and fps == pytest.approx(7.0) and size == (160, 120)
     (report,) = summary.videos
+    written, fps, size = read_video(report.output)
+    assert len(written) == len(readable) and fps == pytest.approx(7.0) and size == (160, 120)
     assert report.frames_written == len(readable) and report.frames_expected == 10
     assert not report.complete
 
@@ -428,3 +496,53 @@ def test_without_output_and_display_the_run_stops_with_a_clear_error(
     monkeypatch.setattr(demo.cv2, "namedWindow", no_window)
     with pytest.raises(demo.NoDisplayError, match="pass --output"):
         run_demo("--input", str(photos["coffee"]), str(photos["chelsea"]))
+
+
+MAGENTA = (255, 0, 255)
+
+
+def test_metadata_of_a_registered_data_set_is_drawn(run_demo, photos, tmp_path):
+    """--metadata NAME draws NAME's classes and colours instead of DATASETS.TEST[0]'s: a data
+    set registered by --register whose every class is magenta turns the semantic drawing
+    magenta."""
+    registration = tmp_path / "register_names.py"
+    registration.write_text(
+        "from detectron2.data import MetadataCatalog\n"
+        "MetadataCatalog.get('demo_test_magenta').set(\n"
+        "    stuff_classes=[f'part{i}' for i in range(7)],\n"
+        f"    stuff_colors=[{list(MAGENTA)}] * 7,\n"
+        ")\n"
+    )
+    common = ("--input", str(photos["coffee"]), "--task", "semantic")
+    run_demo(*common, "--output", str(tmp_path / "default.png"))
+    run_demo(
+        *common,
+        "--register",
+        str(registration),
+        "--metadata",
+        "demo_test_magenta",
+        "--output",
+        str(tmp_path / "named.png"),
+    )
+    default = read_rgb(tmp_path / "default.png").astype(float)
+    named = read_rgb(tmp_path / "named.png").astype(float)
+    magenta = np.array(MAGENTA, dtype=float)
+    assert np.abs(named - magenta).mean() < np.abs(default - magenta).mean() - 20
+
+    with pytest.raises(
+        ValueError, match="--metadata 'shapes_panoptic_vall'.*'shapes_panoptic_val'"
+    ):
+        run_demo(*common, "--metadata", "shapes_panoptic_vall", "--output", str(tmp_path / "x.png"))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_config_errors_name_the_key_and_the_file(demo, photos, tmp_path):
+    """The demo builds its config with clusterformer.config_files.load_config."""
+    common = ["--input", str(photos["coffee"]), "--output", str(tmp_path / "out")]
+    with pytest.raises(KeyError, match="MODEL.NO_SUCH_KEY.* command line"):
+        demo.main(["--config-file", PANOPTIC_CONFIG, *common, "--opts", "MODEL.NO_SUCH_KEY", "1"])
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"_BASE_: {os.path.join(REPO, PANOPTIC_CONFIG)}\nSOLVER:\n  NO_SUCH: 1\n")
+    with pytest.raises(KeyError, match=r"SOLVER.NO_SUCH.*bad\.yaml"):
+        demo.main(["--config-file", str(config), *common])
+    assert not (tmp_path / "out").exists()
