@@ -8,8 +8,11 @@ so a reader that bypassed the PathManager (``open``, ``os.path.isfile``, ``cv2.i
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import os
+import sys
 from typing import Any, Dict, List
 
 import numpy as np
@@ -165,3 +168,16 @@ def test_missing_remote_files_are_named(dataset):
     record["pan_seg_file_name"] = f"{root}/panoptic/gone.png"
     with pytest.raises(FileNotFoundError, match="pan_seg_file_name .*gone.png"):
         check_first_record_files("memory_panoptic", f"{root}/panoptic.json", [record])
+
+
+def test_demo_accepts_inputs_the_path_manager_serves(dataset):
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "demo.py")
+    spec = importlib.util.spec_from_file_location("clusterformer_demo_path_manager", path)
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = demo  # dataclasses look their module up while it executes
+    spec.loader.exec_module(demo)
+    image = dataset["root"] + "/images/a.png"
+    missing = dataset["root"] + "/images/missing.png"
+    files, failures = demo.expand_inputs([image, missing])
+    assert files == [image]
+    assert failures == [(missing, "no such file, folder or matching pattern")]
