@@ -121,13 +121,8 @@ def measure_in_process(tree: str, temp: str, args: argparse.Namespace) -> Tuple[
         ]
     if "panoptic" in args.cases:
         cases.append(("ClusterFormer-T panoptic", 512, "inference"))
-    if "make_run_step" in args.cases:
-        cases.append((MAKE_RUN_STEP, 160, "train step"))
     rows = []
     for name, size, mode in cases:
-        if name == MAKE_RUN_STEP:
-            rows.append(time_make_run_step(args))
-            continue
         models = {}
         for side, module in sides.items():
             torch.manual_seed(0)
@@ -143,23 +138,9 @@ def measure_in_process(tree: str, temp: str, args: argparse.Namespace) -> Tuple[
         diff = max((a - b).abs().max().item() for a, b in zip(outs["before"], outs["after"]))
         steps = {k: make_step(m, inputs, mode, "cpu", False, True) for k, m in models.items()}
         latency = median_seconds(time_alternating(steps, "cpu", 1, args.repeats, "wall"))
-        row = {
-            "suite": "in-process",
-            "model": name,
-            "height": size,
-            "width": size,
-            "batch": 1,
-            "mode": mode,
-            "before_ms": latency["before"] * 1e3,
-            "after_ms": latency["after"] * 1e3,
-            "max_abs_output_diff": diff,
-        }
-        print(
-            f"[in-process] {name} {size} {mode}: before {row['before_ms']:.1f} ms, after "
-            f"{row['after_ms']:.1f} ms, max |output diff| {diff:.1e}",
-            flush=True,
-        )
-        rows.append(row)
+        rows.append(in_process_row(name, size, 1, mode, latency, diff, "max |output diff|"))
+    if "make_run_step" in args.cases:
+        rows.append(time_make_run_step(args))
     meta = {
         **run_metadata("cpu"),
         "timer": f"wall-clock time, median of {args.repeats} after 1 warm-up, the two revisions alternating call by call",
@@ -226,20 +207,35 @@ def time_make_run_step(args: argparse.Namespace) -> dict:
         first[side] = step()
     diff = (first["before"] - first["after"]).abs().item()
     latency = median_seconds(time_alternating(steps, "cpu", 1, args.repeats, "wall"))
+    return in_process_row(
+        MAKE_RUN_STEP, CORE_IMAGE_SIZE, 8, "train step", latency, diff, "|first loss diff|"
+    )
+
+
+def in_process_row(
+    name: str,
+    size: int,
+    batch: int,
+    mode: str,
+    latency: Dict[str, float],
+    diff: float,
+    diff_label: str,
+) -> dict:
+    """The report row of one in-process case (seconds in ``latency``), printed as it is made."""
     row = {
         "suite": "in-process",
-        "model": MAKE_RUN_STEP,
-        "height": CORE_IMAGE_SIZE,
-        "width": CORE_IMAGE_SIZE,
-        "batch": 8,
-        "mode": "train step",
+        "model": name,
+        "height": size,
+        "width": size,
+        "batch": batch,
+        "mode": mode,
         "before_ms": latency["before"] * 1e3,
         "after_ms": latency["after"] * 1e3,
         "max_abs_output_diff": diff,
     }
     print(
-        f"[in-process] {MAKE_RUN_STEP} train step: before {row['before_ms']:.1f} ms, after "
-        f"{row['after_ms']:.1f} ms, |first loss diff| {diff:.1e}",
+        f"[in-process] {name} {size} {mode}: before {row['before_ms']:.1f} ms, after "
+        f"{row['after_ms']:.1f} ms, {diff_label} {diff:.1e}",
         flush=True,
     )
     return row
