@@ -2,17 +2,19 @@
 """Before/after figures of an optimisation: two revisions measured alternately.
 
     # the benchmark's suites, each revision in its own processes
-    PYTHONPATH=$PWD python tools/compare_revisions.py 973211c --rounds 3 -- \\
+    python -m tools.compare_revisions 973211c --rounds 3 -- \\
         --suites components panoptic --threads 1 --timer cpu --no-memory --no-flops
     # the model core of both revisions in one process
-    PYTHONPATH=$PWD python tools/compare_revisions.py 973211c --in-process
+    python -m tools.compare_revisions 973211c --in-process
 
 The "before" revision is checked out into a temporary git worktree, with the compiled extension
 copied from the working tree when ``clusterformer/csrc`` and ``setup.py`` did not change
 (otherwise rebuilt there).
 
-* Default mode: the benchmark scripts of the working tree are copied into it (so both sides
-  measure the same things the same way); the two trees then run ``tools/benchmark.py`` in turn,
+* Default mode: the benchmark of the working tree (:data:`BENCHMARK_FILES`) replaces the
+  revision's (the package ``tools/benchmark/``, or the scripts ``tools/benchmark.py`` and
+  ``tools/benchmark_common.py`` of revisions before it), so both sides measure the same things
+  the same way; the two trees then run ``python -m tools.benchmark`` in turn,
   ``--rounds`` times, each in a fresh process, so that a change in the machine's load hits both;
   per measured row, the median over rounds of each side's median latency.
 * ``--in-process``: the before revision's package is imported under another name next to the
@@ -20,7 +22,7 @@ copied from the working tree when ``clusterformer/csrc`` and ``setup.py`` did no
   and panoptic model (512, inference) of both, with the same weights, are timed alternately
   call by call in one process (no process-to-process variance); the outputs are compared too.
   ``--cases make_run_step`` times a training step of the `make run` model instead (its
-  modules, criterion and AdamW without detectron2, as ``benchmark_train_step.py --core``).
+  modules, criterion and AdamW without detectron2, as ``tools.benchmark.train_step --core``).
 
 Writes ``<output-dir>/revisions_<device><suffix>.json`` and ``.md``.
 """
@@ -41,10 +43,12 @@ import sys
 import tempfile
 from typing import Dict, List, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARK_FILES = ("tools/benchmark.py", "tools/benchmark_common.py", "tools/count_params_flops.py")
+# What ``python -m tools.benchmark`` runs of tools/, copied from the working tree into the
+# "before" tree; REPLACED_FILES are the benchmark of revisions before the package, removed so
+# that nothing there shadows or mixes with it.
+BENCHMARK_FILES = ("tools/__init__.py", "tools/benchmark", "tools/count_params_flops.py")
+REPLACED_FILES = ("tools/benchmark.py", "tools/benchmark_common.py")
 ROW_KEY = ("suite", "model", "height", "width", "batch", "mode")
 IN_PROCESS_CASES = ("backbone", "panoptic", "make_run_step")
 
@@ -55,10 +59,25 @@ def git(*args: str, cwd: str = REPO) -> str:
     ).stdout.strip()
 
 
+def install_benchmark(source: str, tree: str) -> None:
+    """Replace the benchmark of the checkout ``tree`` (either layout) with ``source``'s."""
+    for name in REPLACED_FILES + BENCHMARK_FILES:
+        target = os.path.join(tree, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            os.remove(target)
+    for name in BENCHMARK_FILES:
+        origin, target = os.path.join(source, name), os.path.join(tree, name)
+        if os.path.isdir(origin):
+            shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(origin, target)
+
+
 def prepare_worktree(revision: str, path: str) -> None:
     git("worktree", "add", "--detach", path, revision)
-    for name in BENCHMARK_FILES:
-        shutil.copy(os.path.join(REPO, name), os.path.join(path, name))
+    install_benchmark(REPO, path)
     extension_changed = subprocess.run(
         ["git", "diff", "--quiet", revision, "--", "clusterformer/csrc", "setup.py"], cwd=REPO
     ).returncode
@@ -75,10 +94,10 @@ def prepare_worktree(revision: str, path: str) -> None:
 def run_benchmark(tree: str, label: str, round_index: int, args: argparse.Namespace) -> dict:
     out_dir = os.path.join(args.work_dir, label)
     suffix = f"_{label}_round{round_index}"
-    cmd = [sys.executable, os.path.join(tree, "tools", "benchmark.py"), *args.benchmark_args]
+    cmd = [sys.executable, "-m", "tools.benchmark", *args.benchmark_args]
     cmd += ["--output-dir", out_dir, "--suffix", suffix]
     env = {**os.environ, "PYTHONPATH": tree}
-    print(f"[{label} round {round_index}] {' '.join(cmd[1:])}", flush=True)
+    print(f"[{label} round {round_index}] {tree}: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
     (path,) = glob.glob(os.path.join(out_dir, f"benchmark_*{suffix}.json"))
     with open(path) as f:
@@ -97,14 +116,16 @@ def combine(results: List[dict]) -> Dict[Tuple, float]:
 def measure_in_process(tree: str, temp: str, args: argparse.Namespace) -> Tuple[list, dict]:
     """Rows ``{..., before_ms, after_ms}`` of the model core of both revisions in this process."""
     import torch
-    from benchmark import MainOutputs, image_inputs, make_step
-    from benchmark_common import median_seconds, run_metadata, time_alternating
+
+    from tools.benchmark.common import median_seconds, run_metadata, time_alternating
+    from tools.benchmark.contenders import MainOutputs, image_inputs
+    from tools.benchmark.steps import make_step
 
     alias = os.path.join(temp, "alias")
     shutil.copytree(
         os.path.join(tree, "clusterformer"), os.path.join(alias, "clusterformer_before")
     )
-    sys.path.insert(0, alias)
+    sys.path.insert(0, alias)  # the before revision's package, as clusterformer_before
     if args.threads:
         torch.set_num_threads(args.threads)
     with detectron2_layer_hidden():
@@ -170,13 +191,14 @@ def detectron2_layer_hidden():
 
 def time_make_run_step(args: argparse.Namespace) -> dict:
     """One training step (forward, losses, backward, AdamW) of the `make run` model of both
-    revisions (``benchmark_train_step.build_core_model``, the same weights, the same batch of
+    revisions (``tools.benchmark.train_step.build_core_model``, the same weights, the same batch of
     rendered scenes); the output difference is that of the total loss of the first step, with
     the same random points on both sides."""
     import numpy as np
     import torch
-    from benchmark_common import median_seconds, time_alternating
-    from benchmark_train_step import CORE_IMAGE_SIZE, build_core_model, core_scene_batch
+
+    from tools.benchmark.common import median_seconds, time_alternating
+    from tools.benchmark.train_step import CORE_IMAGE_SIZE, build_core_model, core_scene_batch
 
     packages = {"before": "clusterformer_before", "after": "clusterformer"}
     torch.manual_seed(0)
@@ -242,6 +264,8 @@ def in_process_row(
 
 
 def main() -> None:
+    from tools.benchmark.common import command_line
+
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -263,7 +287,7 @@ def main() -> None:
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
-    args.benchmark_args = argv[split + 1 :]  # after "--": tools/benchmark.py's arguments
+    args.benchmark_args = argv[split + 1 :]  # after "--": tools.benchmark's arguments
     before_rev = git("rev-parse", "--short", args.before)
     after_rev = git("rev-parse", "--short", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
@@ -297,7 +321,7 @@ def main() -> None:
             "before": before_rev,
             "after": after_rev + (" + uncommitted changes" if dirty else ""),
             "rounds": None if args.in_process else args.rounds,
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+            "command": command_line(),
         }
     )
     lines = [

@@ -9,7 +9,7 @@ undercounts ``(K, N) @ (B, heads, windows, N, d)``). Not counted (fvcore ignores
 Swin's published figures): softmax, sigmoid, GELU, exp, divisions, additions, normalisation of
 vectors for the cosine similarity, argmax/scatter, padding and permutes. They are listed per run.
 
-Usage: python tools/count_params_flops.py [--size 224] [--presets nano tiny small]
+Usage: python -m tools.count_params_flops [--size 224] [--presets nano tiny small]
            [--centers 2 10] [--iterations 3] [--downsample-kernels 3 2] [--compare-timm]
 Runs without detectron2.
 """
@@ -17,15 +17,10 @@ Runs without detectron2.
 import argparse
 import itertools
 import math
-import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 

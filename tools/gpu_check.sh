@@ -6,11 +6,12 @@
 #   2. build_cuda    compile clusterformer._C with its CUDA kernels (sm_90)
 #   3. cuda_tests    the tests marked `cuda` (kernel vs CPU kernel, gradcheck, fp16/bf16)
 #                                                                           -> cuda_tests.xml
-#   4. ms_deform_attn  tools/benchmark_ms_deform_attn.py on cuda (fp32/fp16/bf16)
+#   4. ms_deform_attn  python -m tools.benchmark.ms_deform_attn on cuda (fp32/fp16/bf16)
 #                                                                  -> ms_deform_attn_cuda.*
-#   5. train_bf16    tools/benchmark_train_step.py --core: training steps of the `make run`
+#   5. train_bf16    python -m tools.benchmark.train_step --core: training steps of the `make run`
 #                    model under bf16 autocast, without detectron2      -> train_step_cuda_bf16.*
-#   6. bench_fp32    tools/benchmark.py --device cuda, panoptic 800x1344, backbones, components
+#   6. bench_fp32    python -m tools.benchmark --device cuda: panoptic 800x1344, backbones,
+#                    components
 #                                                                          -> benchmark_cuda.*
 #   7. bench_bf16    the same under bf16 autocast                     -> benchmark_cuda_bf16.*
 #
@@ -64,7 +65,8 @@ mkdir -p "$out_dir/logs"
 OUT=$(cd "$out_dir" && pwd)  # absolute: the commands are recorded and may be rerun elsewhere
 PYTHON=${PYTHON:-python3}
 ARCHS=${TORCH_CUDA_ARCH_LIST:-9.0}
-# The tools import clusterformer from the checkout (nothing is pip-installed on the GPU machine).
+# The tools (run with -m from $REPO) import clusterformer from the checkout: nothing is
+# pip-installed on the GPU machine.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export MPLBACKEND=Agg PYTHONDONTWRITEBYTECODE=1
 # The GPU machine has no network: nothing may wait on the Hugging Face hub (random-init peers).
@@ -252,36 +254,36 @@ if [ "${statuses[-1]}" = ok ] || [ "${statuses[-1]}" = FAILED ]; then
 fi
 
 # ---- 4. deformable attention op ------------------------------------------------------------
-gpu=("$PYTHON" tools/benchmark_ms_deform_attn.py --devices cuda --output-dir "$OUT")
-dry=("$PYTHON" tools/benchmark_ms_deform_attn.py --devices cpu --quick --threads 1
+gpu=("$PYTHON" -m tools.benchmark.ms_deform_attn --devices cuda --output-dir "$OUT")
+dry=("$PYTHON" -m tools.benchmark.ms_deform_attn --devices cpu --quick --threads 1
   --output-dir "$OUT")
 run_step ms_deform_attn 90
 
 # ---- 5. bf16 training smoke run ------------------------------------------------------------
 # --core: the `make run` model built without detectron2; the tool exits non-zero on a
 # non-finite loss, which is the smoke test's failure.
-gpu=("$PYTHON" tools/benchmark_train_step.py --core --device cuda --amp --rounds 5 --warmup 2
+gpu=("$PYTHON" -m tools.benchmark.train_step --core --device cuda --amp --rounds 5 --warmup 2
   --output-dir "$OUT" --suffix _bf16)
-dry=("$PYTHON" tools/benchmark_train_step.py --core --device cpu --amp --threads 1 --rounds 1
+dry=("$PYTHON" -m tools.benchmark.train_step --core --device cpu --amp --threads 1 --rounds 1
   --warmup 0 --variant make_run SOLVER.IMS_PER_BATCH 2 --output-dir "$OUT" --suffix _bf16)
 run_step train_bf16 90
 
 # ---- 6./7. benchmarks ----------------------------------------------------------------------
-# Panoptic first: it is the open target of docs/benchmarks.md, and benchmark.py saves its JSON
+# Panoptic first: it is the open target of docs/benchmarks.md, and tools.benchmark saves its JSON
 # after every suite, so a run cut by the budget keeps the suites it finished. The bf16 run skips
 # the FLOP counts (the same as fp32's). The dry run, a test, runs the backbones suite (timm's
 # peers) in fp32 only and the panoptic one (transformers' Mask2Former) under bf16 only, the
 # stricter of the two, which halves its slowest steps' imports and model builds.
 suites=(panoptic backbones components)
-gpu=("$PYTHON" tools/benchmark.py --device cuda --suites "${suites[@]}" --panoptic-size 800 1344
+gpu=("$PYTHON" -m tools.benchmark --device cuda --suites "${suites[@]}" --panoptic-size 800 1344
   --output-dir "$OUT")
 dry_options=(--device cpu --size-classes tiny --backbone-sizes 64 --panoptic-size 64 64
   --component-sizes 64 --warmup 0 --repeats 1 --threads 1 --no-memory --no-flops
   --output-dir "$OUT")
-dry=("$PYTHON" tools/benchmark.py --suites backbones components "${dry_options[@]}")
+dry=("$PYTHON" -m tools.benchmark --suites backbones components "${dry_options[@]}")
 run_step bench_fp32 180
 gpu+=(--amp --no-flops --suffix _bf16)
-dry=("$PYTHON" tools/benchmark.py --suites panoptic components "${dry_options[@]}" --amp
+dry=("$PYTHON" -m tools.benchmark --suites panoptic components "${dry_options[@]}" --amp
   --suffix _bf16)
 run_step bench_bf16 150
 

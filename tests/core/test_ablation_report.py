@@ -1,8 +1,7 @@
 """A partial run of an experiment (``--only``) updates its rows and keeps the others'."""
 
-from tool_modules import load_tool
+from tools.experiments import ablation
 
-ablation = load_tool("experiments/ablation")
 Variant = ablation.Variant
 
 

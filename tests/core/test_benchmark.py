@@ -1,10 +1,8 @@
-"""tools/benchmark.py end to end on small inputs (the figures themselves are in docs/), and its
+"""tools/benchmark/ end to end on small inputs (the figures themselves are in docs/), and its
 pieces: the exponent fit, the ratios, the peak-memory probe and the FLOP handlers."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
+import types
 
 import pytest
 import torch
@@ -14,19 +12,17 @@ pytest.importorskip("transformers")
 pytest.importorskip("fvcore")
 pytest.importorskip("matplotlib")
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(TOOLS))
-    spec = importlib.util.spec_from_file_location("benchmark", TOOLS / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("benchmark")
-    sys.path.remove(str(TOOLS))
+    """The package's functions the tests call, by their names."""
+    from tools.benchmark.cli import main
+    from tools.benchmark.flops import count_gmacs
+    from tools.benchmark.stats import fitted_exponent, ratios
+
+    return types.SimpleNamespace(
+        main=main, count_gmacs=count_gmacs, fitted_exponent=fitted_exponent, ratios=ratios
+    )
 
 
 def test_exponent_fit_recovers_a_power_law(bench):
@@ -65,7 +61,8 @@ def test_ratios_pair_each_clusterformer_row_with_same_size_peers(bench):
 
 
 def test_peak_memory_sees_a_large_temporary(bench):
-    common = sys.modules["benchmark_common"]
+    from tools.benchmark import common
+
     if not common.cpu_peak_memory_supported():
         pytest.skip("/proc/self/clear_refs is not writable here")
 

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from tool_modules import load_tool
+
+from tools import count_params_flops as tool
 
 pytest.importorskip("fvcore")
 
@@ -20,7 +21,6 @@ class BroadcastMatmul(torch.nn.Module):
 def test_matmul_count_includes_broadcast_batch():
     from fvcore.nn import FlopCountAnalysis
 
-    tool = load_tool("count_params_flops")
     analysis = FlopCountAnalysis(BroadcastMatmul(), torch.zeros(3, 3, 224, 224))
     analysis.set_op_handle("aten::matmul", tool.broadcast_matmul_flop_jit)
     analysis.unsupported_ops_warnings(False)
@@ -30,7 +30,6 @@ def test_matmul_count_includes_broadcast_batch():
 def test_count_nano():
     from clusterformer.modeling.backbone import clusterformer_nano
 
-    tool = load_tool("count_params_flops")
     result = tool.count(clusterformer_nano(), 64)
     assert result["params"] == sum(p.numel() for p in clusterformer_nano().parameters())
     # The mixers are part of the total, their clustering part of the mixers.

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from tool_modules import load_tool
 
 from clusterformer.modeling.backbone.clusterformer import clusterformer_nano
+from tools import extract_backbone
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def classifier_checkpoint(tmp_path):
 def test_keeps_the_backbone_only_and_loads_back(classifier_checkpoint, tmp_path, dtype):
     source, backbone = classifier_checkpoint
     output = tmp_path / "weights" / "backbone.pth"
-    assert load_tool("extract_backbone").main([str(source), str(output), "--dtype", dtype]) == 0
+    assert extract_backbone.main([str(source), str(output), "--dtype", dtype]) == 0
 
     saved = torch.load(output, weights_only=True)
     assert set(saved) == {"model", "__meta__"}
@@ -48,7 +48,7 @@ def test_a_checkpoint_without_a_backbone_is_refused(tmp_path):
     source = tmp_path / "head_only.pth"
     torch.save({"model": {"head.fc.weight": torch.zeros(2, 2)}}, source)
     with pytest.raises(ValueError, match=r"head_only\.pth has no 'backbone\.\*' tensors"):
-        load_tool("extract_backbone").main([str(source), str(tmp_path / "out.pth")])
+        extract_backbone.main([str(source), str(tmp_path / "out.pth")])
 
 
 def test_all_keeps_every_model_tensor_and_prefers_the_averaged_weights(tmp_path):
@@ -58,7 +58,7 @@ def test_all_keeps_every_model_tensor_and_prefers_the_averaged_weights(tmp_path)
     plain, with_ema = tmp_path / "plain.pth", tmp_path / "ema.pth"
     torch.save({"model": trained, "optimizer": {}}, plain)
     torch.save({"model": trained, "model_ema": averaged, "optimizer": {}}, with_ema)
-    tool = load_tool("extract_backbone")
+    tool = extract_backbone
 
     assert tool.main(["--all", str(plain), str(tmp_path / "out.pth")]) == 0
     saved = torch.load(tmp_path / "out.pth", weights_only=True)

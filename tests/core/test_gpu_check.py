@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tool_modules import load_tool
+
+from tools.benchmark import train_step
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "gpu_check.sh"
@@ -80,9 +81,9 @@ def test_dry_run_runs_every_step_and_writes_the_reports(tmp_path):
     for gpu_command in (
         "FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0",
         "-m cuda",
-        "benchmark_ms_deform_attn.py --devices cuda",
-        "benchmark_train_step.py --core --device cuda --amp",
-        "benchmark.py --device cuda --suites panoptic backbones components --panoptic-size 800 1344",
+        "-m tools.benchmark.ms_deform_attn --devices cuda",
+        "-m tools.benchmark.train_step --core --device cuda --amp",
+        "-m tools.benchmark --device cuda --suites panoptic backbones components --panoptic-size 800 1344",
         "--amp --no-flops --suffix _bf16",
     ):
         assert gpu_command in summary, gpu_command
@@ -140,7 +141,7 @@ def test_core_model_is_the_make_run_model():
     from clusterformer.config_files import load_config
     from clusterformer.engine import Trainer
 
-    tool = load_tool("benchmark_train_step")
+    tool = train_step
     auxiliary = [
         "MODEL.CLUSTER_DECODER.SEMANTIC_WEIGHT", "1.0", "MODEL.CLUSTER_DECODER.MASK_ID_WEIGHT", "1.0",
         "MODEL.CLUSTER_DECODER.TRAIN_NUM_POINTS", "256",
@@ -167,7 +168,7 @@ def test_core_model_is_the_make_run_model():
 
 
 def test_core_scenes_are_panoptic_targets():
-    tool = load_tool("benchmark_train_step")
+    tool = train_step
     images, targets = tool.core_scene_batch(np.random.default_rng(0), 2)
     assert images.shape == (2, 3, 160, 160) and images.dtype == torch.uint8
     for target in targets:

@@ -1,7 +1,7 @@
 """Mask2Former weights -> ClusterFormer's pixel decoder and masked-attention decoder.
 
 The parity tests build a randomly initialised transformers ``Mask2FormerForUniversalSegmentation``
-(the Swin-T config of ``tools/benchmark.py``'s Mask2Former peer), convert its decoders' weights,
+(the Swin-T config of ``tools/benchmark/peers.py``'s Mask2Former peer), convert its decoders' weights,
 feed this project's modules the backbone features of the transformers model, and compare the class
 and mask logits of every prediction. They run where transformers is installed (.venv-modern); the
 Detectron2-name tests need neither transformers nor detectron2.
@@ -15,7 +15,6 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import pytest
 import torch
-from tool_modules import load_tool
 
 from clusterformer.modeling.mask2former_conversion import (
     Mask2FormerConversionError,
@@ -508,7 +507,8 @@ def test_legacy_static_query_name():
 
 
 def test_convert_tool(tmp_path, capsys):
-    tool = load_tool("convert_mask2former")
+    from tools import convert_mask2former as tool
+
     source = tmp_path / "m2f.pkl"
     with open(source, "wb") as f:
         pickle.dump({"model": synthetic_detectron2_checkpoint(), "__author__": "test"}, f)

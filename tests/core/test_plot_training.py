@@ -7,12 +7,14 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
-from tool_modules import TOOLS, load_tool
 
-plot_training = load_tool("plot_training")
+from tools import plot_training, summarize_run
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 REPO = TOOLS.parent
 
 
@@ -163,7 +165,6 @@ def test_make_run_draws_the_curves_before_the_summary():
 
 
 def test_summarize_run_says_where_the_curves_are(tmp_path, capsys):
-    summarize_run = load_tool("summarize_run")
     results = {"sem_seg": {"mIoU": 50.0, "fwIoU": 60.0}, "sem_seg_TTA": {"mIoU": 52.0}}
     (tmp_path / "eval_results.json").write_text(json.dumps(results))
     assert summarize_run.summarize(str(tmp_path)) == 0

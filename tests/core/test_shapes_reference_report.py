@@ -3,9 +3,8 @@
 import json
 
 import pytest
-from tool_modules import load_tool
 
-reference = load_tool("experiments/shapes_reference")
+from tools.experiments import shapes_reference as reference
 
 
 def _evaluation(iteration, value):

@@ -1,4 +1,4 @@
-"""tools/benchmark_train_step.py end to end: one round of two variants, report files written."""
+"""tools/benchmark/train_step.py end to end: one round of two variants, report files written."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from train_net_helpers import REPO, train_net_env
 def test_train_step_benchmark_writes_its_report(tmp_path):
     command = [
         sys.executable,
-        f"{REPO}/tools/benchmark_train_step.py",
+        "-m",
+        "tools.benchmark.train_step",
         "--threads", "1", "--rounds", "1", "--warmup", "0", "--output-dir", str(tmp_path),
         "--variant", "config",
         "--variant", "batch_4", "SOLVER.IMS_PER_BATCH", "4",
@@ -36,7 +37,7 @@ def test_train_step_benchmark_writes_its_report(tmp_path):
     assert all(seconds > 0 for seconds in parts.values())
 
     bad = subprocess.run(
-        [*command[:2], "--variant", "odd", "SOLVER.IMS_PER_BATCH"],
+        [*command[:3], "--variant", "odd", "SOLVER.IMS_PER_BATCH"],
         cwd=REPO, env=train_net_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "KEY VALUE pairs" in bad.stderr

@@ -3,7 +3,7 @@
 CPU, measured in one run (the three alternate repeat by repeat, so a change in the machine's
 load slows them alike and the ratios stay meaningful on a shared machine).
 
-    python tools/deploy/benchmark_export.py --threads 1 --output docs/benchmarks/deployment_cpu
+    python -m tools.deploy.benchmark_export --threads 1 --output docs/benchmarks/deployment_cpu
 
 Models (random weights; time does not depend on them), built from the model core, so this runs
 without detectron2:
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -33,10 +32,11 @@ from typing import Any, Dict, List
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from benchmark_common import (  # noqa: E402
+from clusterformer.deploy import ExportedModel, export
+from clusterformer.deploy.export import exportable
+from clusterformer.modeling.ops import extension_available
+from clusterformer.modeling.segmenter import build_clusterformer_segmenter
+from tools.benchmark.common import (
     MAKE_RUN_DECODER_KWARGS,
     MAKE_RUN_PIXEL_DECODER_KWARGS,
     load_average,
@@ -44,11 +44,6 @@ from benchmark_common import (  # noqa: E402
     run_metadata,
     time_alternating,
 )
-
-from clusterformer.deploy import ExportedModel, export  # noqa: E402
-from clusterformer.deploy.export import exportable  # noqa: E402
-from clusterformer.modeling.ops import extension_available  # noqa: E402
-from clusterformer.modeling.segmenter import build_clusterformer_segmenter  # noqa: E402
 
 BACKENDS = ("eager", "torchscript", "onnxruntime")
 

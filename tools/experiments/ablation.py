@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from tools.benchmark.common import code_revision
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from benchmark_common import code_revision  # noqa: E402
 
 
 @dataclass

@@ -14,8 +14,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import REPO, Variant, run_ablation
+if not __package__:  # run as a file: see tools/__init__.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tools.experiments.ablation import REPO, Variant, run_ablation
 
 CONFIG = "configs/digits/clusterformer_nano.yaml"
 PREFIX = "MODEL.CLUSTERFORMER."

@@ -14,8 +14,9 @@ docs/experiments/shapes_convergence.{json,md}; decisions: docs/design_choices.md
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import Variant, experiment_parser, run_ablation, selected
+if not __package__:  # run as a file: see tools/__init__.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tools.experiments.ablation import Variant, experiment_parser, run_ablation, selected
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
 SCREENING_SEEDS = (0,)

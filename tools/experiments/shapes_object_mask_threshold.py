@@ -16,9 +16,10 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import REPO, Variant, run_ablation
-from shapes_segmentation import CONFIG
+if not __package__:  # run as a file: see tools/__init__.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tools.experiments.ablation import REPO, Variant, run_ablation
+from tools.experiments.shapes_segmentation import CONFIG
 
 THRESHOLDS = ("0.8", "0.4", "0.25", "0.1")
 WEIGHTS = "output/experiments/shapes_seg/clustering/seed{seed}/model_final.pth"

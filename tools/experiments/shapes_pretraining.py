@@ -15,8 +15,9 @@ docs/experiments/shapes_pretraining.{json,md}.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import Variant, experiment_parser, run_ablation, selected
+if not __package__:  # run as a file: see tools/__init__.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tools.experiments.ablation import Variant, experiment_parser, run_ablation, selected
 
 SMALL = "configs/shapes/classification/clusterformer_nano.yaml"
 PRETRAIN = "configs/shapes/classification/clusterformer_nano_pretrain.yaml"

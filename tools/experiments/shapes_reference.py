@@ -23,11 +23,10 @@ import platform
 import sys
 from typing import Dict, List, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import REPO
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from benchmark_common import code_revision
+if not __package__:  # run as a file: see tools/__init__.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tools.benchmark.common import code_revision
+from tools.experiments.ablation import REPO
 
 METRICS = [
     "panoptic_seg/PQ",

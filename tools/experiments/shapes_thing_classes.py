@@ -16,9 +16,10 @@ Results: docs/experiments/shapes_thing_classes.{json,md}; decisions: docs/design
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import Variant
-from shapes_convergence import BEFORE, run_shapes_panoptic_experiment
+if not __package__:  # run as a file: see tools/__init__.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tools.experiments.ablation import Variant
+from tools.experiments.shapes_convergence import BEFORE, run_shapes_panoptic_experiment
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
 # BEFORE: the earlier `make run` recipe, spelt out (from scratch, 300 scenes, no mask crops).

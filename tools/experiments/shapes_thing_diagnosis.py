@@ -24,11 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import REPO
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from benchmark_common import code_revision
+if not __package__:  # run as a file: see tools/__init__.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tools.benchmark.common import code_revision
+from tools.experiments.ablation import REPO
 
 DATASET = "shapes_panoptic_val"
 AREAS = ((0, 100), (100, 300), (300, 1000), (1000, None))
@@ -39,7 +38,7 @@ def diagnose(run_dir: str) -> Dict:
     from panopticapi.utils import rgb2id
     from PIL import Image
 
-    from clusterformer.config_files import load_config
+    from clusterformer.d2.config_files import load_config
     from clusterformer.engine import Trainer
     from clusterformer.engine.checkpointer import ClusterFormerCheckpointer
 

@@ -1,4 +1,4 @@
-"""What the benchmark scripts of ``tools/`` share: timers, alternating timing, peak memory, and
+"""What the benchmarks of ``tools/`` share: timers, alternating timing, peak memory, and
 the description of the machine a run was made on.
 
 Timing alternates the compared functions repeat by repeat (A, B, C, A, B, C, ...), so that a
@@ -113,10 +113,23 @@ def code_revision() -> str:
     return head + (" + uncommitted changes" if dirty else "")
 
 
+def command_line(python: Optional[str] = None) -> str:
+    """The command that started this process: ``<python> -m <module> ARGS`` for a module run
+    (``sys.argv[0]`` is then the module's file, not what was typed), else ``<python> <script>
+    ARGS``. ``python`` names the interpreter (default: the running one's file name)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        started = ["-m", name]
+    else:
+        started = sys.argv[:1]
+    return " ".join([python or os.path.basename(sys.executable), *started, *sys.argv[1:]])
+
+
 def run_metadata(device: str) -> Dict[str, object]:
     """Command, date, code revision, machine and library versions of a benchmark run."""
     return {
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": command_line(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "revision": code_revision(),
         "device": device,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time the training step of the `make run` model and of recipe variants, in one process.
 
-    python tools/benchmark_train_step.py [--threads 2] [--rounds 5] \
+    python -m tools.benchmark.train_step [--threads 2] [--rounds 5] \
         [--variant NAME KEY VALUE ...] ... [--device cuda] [--amp] [--core]
 
 Every variant is the shapes panoptic config plus its ``KEY VALUE`` overrides, built once; one
@@ -36,16 +36,16 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from benchmark_common import (  # noqa: E402
+from tools.benchmark.common import (
     MAKE_RUN_DECODER_KWARGS,
     MAKE_RUN_PIXEL_DECODER_KWARGS,
     code_revision,
+    command_line,
     device_name,
     synchronize,
 )
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
 DEFAULT_VARIANTS = [
@@ -153,7 +153,7 @@ class Contender(TimedSteps):
     def __init__(
         self, name: str, opts: Sequence[str], num_batches: int, device: str = "cpu", amp=False
     ):
-        from clusterformer.config_files import load_config
+        from clusterformer.d2.config_files import load_config
         from clusterformer.engine import Trainer
 
         super().__init__(name, opts, device, amp)
@@ -340,7 +340,7 @@ def run(
         "threads": threads,
         "rounds": rounds,
         "config": CONFIG,
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "command": command_line("python"),
         "rows": rows,
         "breakdown_of_first": breakdown,
     }

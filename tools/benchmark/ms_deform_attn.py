@@ -13,8 +13,8 @@ implementations repeat by repeat after warm-up, and reports medians and ratios
 
 Writes ``<output-dir>/ms_deform_attn_<device>.json`` and ``.md`` (a Markdown table, also printed).
 
-    PYTHONPATH=$PWD python tools/benchmark_ms_deform_attn.py            # CPU (+ CUDA if present)
-    PYTHONPATH=$PWD python tools/benchmark_ms_deform_attn.py --quick    # tiny shapes, smoke test
+    python -m tools.benchmark.ms_deform_attn            # CPU (+ CUDA if present)
+    python -m tools.benchmark.ms_deform_attn --quick    # tiny shapes, smoke test
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import sys
 from typing import Callable, List
 
 import torch
-from benchmark_common import (
+
+from clusterformer.modeling.ops import extension_available, ms_deform_attn
+from tools.benchmark.common import (
     TIMER_HELP,
     TIMERS,
     load_average,
@@ -34,8 +36,6 @@ from benchmark_common import (
     run_metadata,
     time_alternating,
 )
-
-from clusterformer.modeling.ops import extension_available, ms_deform_attn
 
 STRIDES = (8, 16, 32)
 HEADS, POINTS, CHANNELS = 8, 4, 256
