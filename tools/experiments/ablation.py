@@ -72,11 +72,17 @@ def selected(variants: Sequence[Variant], only: Sequence[str] | None) -> List[Va
 
 
 def run_variant(
-    variant: Variant, seed: int, out_root: str, extra_opts: Sequence[str], threads: int = 0
+    variant: Variant,
+    seed: int,
+    out_root: str,
+    extra_opts: Sequence[str],
+    threads: int = 0,
+    nice: int = 0,
 ) -> dict:
     """Train + evaluate one (variant, seed); returns ``{"results": ..., "seconds": ...}``.
 
-    ``threads`` > 0 sets the run's ``OMP_NUM_THREADS`` (runs in parallel must share the cores).
+    ``threads`` > 0 sets the run's ``OMP_NUM_THREADS`` (runs in parallel must share the cores);
+    ``nice`` > 0 runs it under ``nice -n`` (a long experiment beside other work).
     """
     out_dir = os.path.join(out_root, variant.name, f"seed{seed}")
     results_path = os.path.join(out_dir, "eval_results.json")
@@ -93,6 +99,7 @@ def run_variant(
     if weights and not os.path.isfile(os.path.join(REPO, weights)):
         raise FileNotFoundError(f"{variant.name} seed {seed}: no checkpoint {weights}")
     cmd = [
+        *(["nice", "-n", str(nice)] if nice else []),
         sys.executable,
         os.path.join(REPO, "train_net.py"),
         *(["--eval-only"] if weights else []),
@@ -109,7 +116,8 @@ def run_variant(
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    print(f"[ablation] {variant.name} seed {seed}: {' '.join(cmd[1:])}", flush=True)
+    shown = cmd[cmd.index(sys.executable) + 1 :]
+    print(f"[ablation] {variant.name} seed {seed}: {' '.join(shown)}", flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start

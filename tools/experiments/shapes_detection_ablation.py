@@ -8,10 +8,12 @@ COCOEvaluator on ``shapes_instance_val``, and writes a JSON record and a Markdow
 
     python tools/experiments/shapes_detection_ablation.py --iterations 500 --seeds 0 1 2
 
-Each run is a ``nice``-d subprocess with one OpenMP thread (on a shared 2-core machine, more
-threads spin rather than compute). Use ``--iterations 20 --seeds 0 --no-write`` first to measure
-the time per iteration. Outputs: ``docs/experiments/detection_box_restriction.{json,md}``; runs
-in ``output/detection_box_restriction/<arm>_seed<k>``.
+Each run is a ``nice``-d ``train_net.py`` subprocess of the experiments' shared runner
+(:func:`tools.experiments.ablation.run_variant`) with one OpenMP thread (on a shared 2-core
+machine, more threads spin rather than compute); a finished run is reused, so an interrupted
+experiment resumes. Use ``--iterations 20 --seeds 0 --no-write`` first to measure the time per
+iteration. Outputs: ``docs/experiments/detection_box_restriction.{json,md}``; runs in
+``output/detection_box_restriction/<iterations>_iterations/<arm>/seed<k>``.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
-import time
 from typing import Dict, List
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a file: see tools/__init__.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tools.experiments.ablation import REPO, Variant, run_variant
+
 CONFIG = "configs/shapes/detection/clusterformer_nano.yaml"
 ARMS = {"box_restricted": True, "unrestricted": False}
 METRICS = ("AP", "AP50", "AP75", "APs", "APm")
 BATCH_SIZE = 8
+CPU_SECONDS_FILE = "run_cpu_seconds.txt"
 
 
 def children_cpu_seconds() -> float:
@@ -39,16 +43,11 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(arm: str, seed: int, iterations: int, output_root: str) -> Dict[str, object]:
-    """Train + evaluate one arm / seed; returns its bbox metrics and costs."""
-    output_dir = os.path.join(output_root, f"{arm}_seed{seed}")
+def arm_variant(arm: str, iterations: int) -> Variant:
+    """The detection config with the arm's box restriction and the ``iterations`` budget."""
     # Decay the learning rate once, at 90 % of the run (the shapes recipe decays at 87 %).
     decay_at = max(1, int(round(0.9 * iterations)))
     opts = [
-        "OUTPUT_DIR",
-        output_dir,
-        "SEED",
-        str(seed),
         "MODEL.CLUSTER_DECODER.BOX_RESTRICTED_ASSIGNMENT",
         str(ARMS[arm]),
         "SOLVER.IMS_PER_BATCH",
@@ -62,23 +61,32 @@ def run_once(arm: str, seed: int, iterations: int, output_root: str) -> Dict[str
         "SOLVER.CHECKPOINT_PERIOD",
         str(10 * iterations),
     ]
-    command = ["nice", "-n", "10", sys.executable, "train_net.py", "--config-file", CONFIG, *opts]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
-    cpu_before, wall_before = children_cpu_seconds(), time.time()
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    cpu, wall = children_cpu_seconds() - cpu_before, time.time() - wall_before
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-            f"{proc.stderr[-5000:]}"
-        )
-    with open(os.path.join(output_dir, "eval_results.json")) as f:
-        bbox = json.load(f)["bbox"]
+    return Variant(arm, CONFIG, opts)
+
+
+def run_once(arm: str, seed: int, iterations: int, output_root: str) -> Dict[str, object]:
+    """Train + evaluate one arm / seed with the shared runner (one thread, ``nice``-d; a finished
+    run is reused); returns its bbox metrics and costs."""
+    variant = arm_variant(arm, iterations)
+    # One folder per budget: a short timing run is never reused for a longer one.
+    out_root = os.path.join(output_root, f"{iterations}_iterations")
+    output_dir = os.path.join(out_root, arm, f"seed{seed}")
+    cpu_path = os.path.join(output_dir, CPU_SECONDS_FILE)
+    reused = os.path.isfile(os.path.join(output_dir, "eval_results.json"))
+    cpu_before = children_cpu_seconds()
+    run = run_variant(variant, seed, out_root, (), threads=1, nice=10)
+    if reused:
+        with open(cpu_path) as f:
+            cpu = float(f.read())
+    else:
+        cpu = children_cpu_seconds() - cpu_before
+        with open(cpu_path, "w") as f:
+            f.write(f"{cpu:.1f}")
+    bbox = run["results"]["bbox"]
     with open(os.path.join(output_dir, "metrics.json")) as f:
         records = [json.loads(line) for line in f if line.strip()]
     train = [r for r in records if "total_loss" in r]
+    opts = [*variant.opts, "SEED", str(seed), "OUTPUT_DIR", output_dir]
     return {
         "arm": arm,
         "seed": seed,
@@ -86,7 +94,7 @@ def run_once(arm: str, seed: int, iterations: int, output_root: str) -> Dict[str
         "final_total_loss": train[-1]["total_loss"] if train else None,
         "seconds_per_iteration": train[-1].get("time") if train else None,
         "cpu_seconds": round(cpu, 1),
-        "wall_seconds": round(wall, 1),
+        "wall_seconds": None if run["seconds"] is None else round(run["seconds"], 1),
         "command": " ".join(["python", "train_net.py", "--config-file", CONFIG, *opts]),
     }
 
