@@ -35,7 +35,8 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from clusterformer.config_files import load_config
+from clusterformer.d2 import load_config
+from clusterformer.data.datasets import use_checked_builtin_loaders
 from clusterformer.data.datasets.user_registration import REGISTER_HELP, run_registration_files
 from clusterformer.engine import ClusterFormerCheckpointer, Trainer
 from clusterformer.engine.launch import LaunchError, launch
@@ -64,6 +65,9 @@ def setup(args):
 
 def main(args):
     # In every process (launch starts the workers afresh): each needs the data sets registered.
+    # The checked loaders of Detectron2's COCO / ADE20K names first, so that a --register file
+    # can still replace those names with its own.
+    use_checked_builtin_loaders()
     run_registration_files(getattr(args, "register", None) or [])
     cfg = setup(args)
     if args.eval_only:

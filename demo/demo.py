@@ -34,15 +34,15 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from clusterformer import ClusterFormerPredictor  # noqa: E402
-from clusterformer.config_files import load_config  # noqa: E402
+from clusterformer.d2 import ClusterFormerPredictor, load_config  # noqa: E402
+from clusterformer.d2.predictor import TASKS, enable_task_outputs, infer_task  # noqa: E402
+from clusterformer.data.datasets import use_checked_builtin_loaders  # noqa: E402
 from clusterformer.data.datasets.class_metadata import class_metadata  # noqa: E402
 from clusterformer.data.datasets.user_registration import (  # noqa: E402
     REGISTER_HELP,
     run_registration_files,
 )
 from clusterformer.modeling.backbone.clusterformer import STAGE_NAMES  # noqa: E402
-from clusterformer.predictor import TASKS, enable_task_outputs, infer_task  # noqa: E402
 from clusterformer.utils.image_io import UnreadableImageError, read_image_uint8  # noqa: E402
 from clusterformer.utils.visualizer import PredictionVisualizer, render_cluster_maps  # noqa: E402
 
@@ -587,6 +587,8 @@ def main(argv: Optional[Sequence[str]] = None) -> DemoSummary:
         raise ValueError(
             f"--output {args.output!r} is a file, but there are {len(files)} inputs; give a folder"
         )
+    # As train_net.py: the checked loaders first, so that a --register file can replace them.
+    use_checked_builtin_loaders()
     run_registration_files(args.register)
     cfg, task = setup_cfg(args)
     metadata = resolve_metadata(args.metadata)

@@ -1,3 +1,4 @@
-"""Detectron2 layer: data set registration and dataset mappers."""
+"""Data: data set registration and generators (:mod:`.datasets`), dataset mappers, loaders.
 
-from . import datasets  # noqa: F401  (registers the data sets)
+Importing it registers nothing; ``import clusterformer.d2`` registers the data sets.
+"""

@@ -1,4 +1,4 @@
-"""``ExportedPredictor``: :class:`~clusterformer.predictor.ClusterFormerPredictor`'s outputs from
+"""``ExportedPredictor``: :class:`~clusterformer.d2.predictor.ClusterFormerPredictor`'s outputs from
 a TorchScript or ONNX export (Detectron2 layer).
 
 Everything around the network is the eager predictor's own code, not a copy: the test-time
@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 from detectron2.config import CfgNode
 
-from ..predictor import ClusterFormerPredictor
+from ..d2.predictor import ClusterFormerPredictor
 from .runtime import ExportedModel
 
 

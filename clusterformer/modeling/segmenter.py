@@ -1,9 +1,10 @@
 """The universal segmentation network without its training/data wrapper (plain PyTorch).
 
 ``ClusterFormerSegmenter`` chains backbone -> pixel decoder -> clustering transformer decoder on
-normalised, padded images. The Detectron2 meta-architecture (``meta_arch.ClusterFormer``) inherits
-from it and adds pre-processing, the criterion and Detectron2's output formats; benchmarks and
-GPU machines without detectron2 use it directly through :func:`build_clusterformer_segmenter`.
+normalised, padded images. The Detectron2 meta-architecture
+(``clusterformer.d2.meta_arch.ClusterFormer``) inherits from it and adds pre-processing, the
+criterion and Detectron2's output formats; benchmarks and GPU machines without detectron2 use it
+directly through :func:`build_clusterformer_segmenter`.
 """
 
 from __future__ import annotations

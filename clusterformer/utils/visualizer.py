@@ -2,7 +2,7 @@
 
 :class:`PredictionVisualizer` draws the output a task needs (panoptic segments, instance masks,
 detection boxes, the semantic map, or the top-5 classes) with the data set's metadata;
-:func:`render_cluster_maps` turns a predictor's :class:`~clusterformer.predictor.ClusterMaps`
+:func:`render_cluster_maps` turns a predictor's :class:`~clusterformer.d2.predictor.ClusterMaps`
 into one picture per backbone stage and one for the decoder.
 """
 
@@ -16,7 +16,7 @@ from detectron2.structures import Instances
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from ..predictor import TASK_OUTPUT_KEYS, TASKS, ClusterMaps
+from ..d2.predictor import TASK_OUTPUT_KEYS, TASKS, ClusterMaps
 from .cluster_visualization import render_cluster_overlay
 
 TOP_K_CLASSES = 5
@@ -47,7 +47,7 @@ class PredictionVisualizer:
 
     Args:
         metadata: the data set's metadata (class names and colours).
-        task: one of :data:`~clusterformer.predictor.TASKS`.
+        task: one of :data:`~clusterformer.d2.predictor.TASKS`.
         video: use ``VideoVisualizer`` (colours of instances stay stable from frame to frame).
         instance_mode: Detectron2's ``ColorMode`` for instances.
     """

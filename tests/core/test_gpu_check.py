@@ -138,7 +138,7 @@ def test_core_model_is_the_make_run_model():
     same parameters, same outputs with the same weights, same criterion and matcher."""
     if importlib.util.find_spec("detectron2") is None:
         pytest.skip("needs detectron2 (the reference environment)")
-    from clusterformer.config_files import load_config
+    from clusterformer.d2.config_files import load_config
     from clusterformer.engine import Trainer
 
     tool = train_step

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from clusterformer.config_files import load_config
-from clusterformer.modeling.meta_arch.builders import build_criterion, build_transformer_decoder
+from clusterformer.d2.config_files import load_config
+from clusterformer.d2.meta_arch.builders import build_criterion, build_transformer_decoder
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
 

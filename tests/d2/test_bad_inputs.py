@@ -24,7 +24,7 @@ from detectron2.structures import BoxMode
 from PIL import Image
 from train_net_helpers import CLS_CONFIG, PANOPTIC_CONFIG, REPO, train_net_env
 
-from clusterformer.config_files import load_config
+from clusterformer.d2.config_files import load_config
 from clusterformer.data.dataset_mappers import (
     COCOInstanceLSJDatasetMapper,
     COCOPanopticLSJDatasetMapper,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from train_net_helpers import CLS_CONFIG, read_metrics, run_train_net
 
-from clusterformer.config_files import load_config
+from clusterformer.d2.config_files import load_config
 from clusterformer.engine import ClusterFormerCheckpointer, Trainer
 from clusterformer.engine.hooks import PeriodicCheckpointer
 from clusterformer.engine.trainer import check_config

@@ -17,7 +17,7 @@ from torch import nn
 from train_net_helpers import CLS_CONFIG, PANOPTIC_CONFIG, REPO, run_train_net, train_net_env
 
 import clusterformer.engine.checkpointer as checkpointer_module
-from clusterformer.config_files import load_config
+from clusterformer.d2.config_files import load_config
 from clusterformer.engine import (
     CheckpointMismatchError,
     ClusterFormerCheckpointer,

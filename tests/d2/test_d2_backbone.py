@@ -8,9 +8,9 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, build_backbone
 
-import clusterformer  # noqa: F401  (registers D2ClusterFormer)
-from clusterformer.config import add_clusterformer_config
-from clusterformer.modeling.backbone.d2_clusterformer import D2ClusterFormer
+import clusterformer.d2  # noqa: F401  (registers D2ClusterFormer)
+from clusterformer.d2.backbone import D2ClusterFormer
+from clusterformer.d2.config import add_clusterformer_config
 
 
 def nano_cfg(**backbone_keys):

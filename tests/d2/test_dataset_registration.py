@@ -22,11 +22,12 @@ from fake_segmentation_data import (
     make_coco,
 )
 
-import clusterformer  # noqa: F401  (registers the data sets)
+import clusterformer.d2  # noqa: F401  (registers the data sets)
 from clusterformer.data.datasets import (
     register_ade20k_panoptic,
     register_ade20k_semantic,
     register_coco_panoptic_with_sem_seg,
+    use_checked_builtin_loaders,
 )
 from clusterformer.data.datasets.ade20k_categories import ADE20K_THING_IDS, ade20k_categories
 from clusterformer.data.datasets.dataset_paths import datasets_root
@@ -34,6 +35,13 @@ from clusterformer.data.datasets.register_ade20k_panoptic import ade20k_panoptic
 from clusterformer.data.datasets.register_coco_panoptic_semseg import coco_panoptic_metadata
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "datasets"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _checked_builtin_loaders():
+    """The ADE20K semantic names as train_net.py and the demo use them (they ask for the checked
+    loaders; import alone leaves Detectron2's registrations)."""
+    use_checked_builtin_loaders()
 
 
 def unique_name(prefix: str) -> str:

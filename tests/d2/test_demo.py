@@ -537,7 +537,7 @@ def test_metadata_of_a_registered_data_set_is_drawn(run_demo, photos, tmp_path):
 
 
 def test_config_errors_name_the_key_and_the_file(demo, photos, tmp_path):
-    """The demo builds its config with clusterformer.config_files.load_config."""
+    """The demo builds its config with clusterformer.d2.config_files.load_config."""
     common = ["--input", str(photos["coffee"]), "--output", str(tmp_path / "out")]
     with pytest.raises(KeyError, match="MODEL.NO_SUCH_KEY.* command line"):
         demo.main(["--config-file", PANOPTIC_CONFIG, *common, "--opts", "MODEL.NO_SUCH_KEY", "1"])

@@ -11,7 +11,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 
-import clusterformer.data  # noqa: F401  (registers the shapes data sets)
+import clusterformer.d2  # noqa: F401  (registers the shapes data sets)
 from clusterformer import add_clusterformer_config
 from clusterformer.engine.lr_scheduler import build_lr_scheduler
 from clusterformer.evaluation import build_evaluator

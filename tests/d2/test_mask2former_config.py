@@ -1,4 +1,4 @@
-"""Config files and overrides written with Mask2Former's key names (clusterformer.config_files)."""
+"""Config files and overrides written with Mask2Former's key names (clusterformer.d2.config_files)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import textwrap
 import pytest
 from train_net_helpers import REPO
 
-import clusterformer.config_files as config_files
-from clusterformer.config_files import Mask2FormerConfigError, load_config
+import clusterformer.d2.config_files as config_files
+from clusterformer.d2.config_files import Mask2FormerConfigError, load_config
 from clusterformer.engine import Trainer
 
 BASE = os.path.join(REPO, "configs/shapes/Base-Shapes-PanopticSegmentation.yaml")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import clusterformer.engine.checkpointer as checkpointer_module
-from clusterformer.config_files import load_config
+from clusterformer.d2.config_files import load_config
 from clusterformer.engine import CheckpointMismatchError, ClusterFormerCheckpointer, Trainer
 from clusterformer.modeling.mask2former_conversion import (
     to_detectron2_mask2former,

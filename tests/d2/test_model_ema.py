@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from clusterformer.config_files import load_config
+from clusterformer.d2.config_files import load_config
+from clusterformer.d2.predictor import load_weights
 from clusterformer.engine import ClusterFormerCheckpointer, Trainer
 from clusterformer.engine.hooks import ModelEMA
-from clusterformer.predictor import load_weights
 from clusterformer.utils.model_ema import averaged_weights, build_model_ema
 
 CLS_CONFIG = "configs/shapes/classification/clusterformer_nano.yaml"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from detectron2.structures import Instances
 
-import clusterformer.data  # noqa: F401  (registers the data sets the configs name)
-from clusterformer.config_files import load_config
+import clusterformer.d2  # noqa: F401  (registers the data sets the configs name)
+from clusterformer.d2.config_files import load_config
 from clusterformer.engine.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

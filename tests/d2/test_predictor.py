@@ -11,15 +11,15 @@ from detectron2.structures import Boxes, Instances
 from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG
 
 from clusterformer import ClusterFormerPredictor, add_clusterformer_config
-from clusterformer.data.dataset_mappers import InputGeometry, build_test_transform
-from clusterformer.engine import Trainer, UnsafeCheckpointError
-from clusterformer.predictor import (
+from clusterformer.d2.predictor import (
     ClusterMaps,
     decoder_cluster_ids,
     enable_task_outputs,
     filter_by_confidence,
     infer_task,
 )
+from clusterformer.data.dataset_mappers import InputGeometry, build_test_transform
+from clusterformer.engine import Trainer, UnsafeCheckpointError
 from clusterformer.utils.image_io import read_image_uint8
 from clusterformer.utils.visualizer import decoder_cluster_labels
 
@@ -347,7 +347,7 @@ def test_test_time_augmentation_key_is_not_ignored_silently(caplog):
     """The predictor runs the model once per image; a config asking for TTA says so."""
     cfg = make_cfg(CLS_CONFIG, "", "TEST.AUG.ENABLED", "True")
     with (
-        caplog.at_level("WARNING", logger="clusterformer.predictor"),
+        caplog.at_level("WARNING", logger="clusterformer.d2.predictor"),
         pytest.raises(ValueError, match="MODEL.WEIGHTS"),
     ):
         ClusterFormerPredictor(cfg)

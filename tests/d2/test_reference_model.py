@@ -8,7 +8,7 @@ import pytest
 import torch
 from train_net_helpers import REPO
 
-from clusterformer.config_files import load_config
+from clusterformer.d2.config_files import load_config
 from clusterformer.engine import Trainer
 from clusterformer.engine.checkpointer import ClusterFormerCheckpointer
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clusterformer.config_files import load_config
+from clusterformer.d2.config_files import load_config
 from clusterformer.data.resumable_loader import (
     ResumableBatchSampler,
     ResumableTrainLoader,

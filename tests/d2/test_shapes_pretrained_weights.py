@@ -5,7 +5,7 @@ import os
 import torch
 from train_net_helpers import PANOPTIC_CONFIG, REPO
 
-from clusterformer.config_files import load_config
+from clusterformer.d2.config_files import load_config
 from clusterformer.engine import Trainer
 from clusterformer.engine.checkpointer import ClusterFormerCheckpointer
 

@@ -19,7 +19,7 @@ from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEv
 from detectron2.structures import BitMasks, Instances
 from PIL import Image
 
-import clusterformer  # noqa: F401  (registers the default shapes data sets)
+import clusterformer.d2  # noqa: F401  (registers the default shapes data sets)
 from clusterformer.data.datasets.class_folder import register_class_folder
 from clusterformer.data.datasets.mask_encoding import mask_bbox, rgb2id
 from clusterformer.data.datasets.register_shapes import register_shapes
@@ -56,7 +56,7 @@ def test_default_names_are_registered_without_touching_the_disk(tmp_path):
     script = textwrap.dedent(
         """
         import os, sys
-        import clusterformer
+        import clusterformer.d2
         from detectron2.data import DatasetCatalog, MetadataCatalog
         names = [f"{prefix}_{task}_{split}" for prefix in ("shapes", "shapes3k", "shapes_dense")
                  for task in ("panoptic", "instance", "sem_seg", "cls") for split in ("train", "val")]

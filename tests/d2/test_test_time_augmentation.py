@@ -11,7 +11,7 @@ import torch
 from detectron2.data import transforms as T
 from train_net_helpers import CLS_CONFIG, PANOPTIC_CONFIG, REPO, read_metrics, run_train_net
 
-from clusterformer.config_files import load_config
+from clusterformer.d2.config_files import load_config
 from clusterformer.engine import ClusterFormerCheckpointer, Trainer
 from clusterformer.engine.test_time_augmentation import (
     SemanticSegmentorWithTTA,

@@ -18,8 +18,13 @@ from typing import Any, Dict
 from detectron2.utils.file_io import PathManager
 
 from .ade20k_categories import ade20k_categories
-from .dataset_paths import datasets_root, require_paths
-from .register_formats import PanopticFiles, panoptic_metadata, register_panoptic_json
+from .dataset_paths import require_paths
+from .register_formats import (
+    PanopticFiles,
+    panoptic_metadata,
+    register_panoptic_json,
+    registered_elsewhere,
+)
 
 # name: (image_root, panoptic_root, panoptic_json, sem_seg_root), under the root.
 ADE20K_PANOPTIC_SPLITS = {
@@ -96,15 +101,15 @@ def register_ade20k_panoptic(
 
 
 def register_all_ade20k_panoptic(root: str) -> None:
-    """Register both splits found under ``root`` (nothing is read now)."""
+    """Register both splits found under ``root`` (nothing is read now); a split registered
+    already (by Mask2Former) is kept."""
     metadata = ade20k_panoptic_metadata()
     for name, relative_paths in ADE20K_PANOPTIC_SPLITS.items():
+        if registered_elsewhere(name):
+            continue
         image_root, panoptic_root, panoptic_json, sem_seg_root = (
             os.path.join(root, p) for p in relative_paths
         )
         register_ade20k_panoptic(
             name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root
         )
-
-
-register_all_ade20k_panoptic(datasets_root())

@@ -1,8 +1,11 @@
 """ADE20K semantic segmentation (150 classes): ``ade20k_sem_seg_{train,val}``.
 
-Detectron2 registers these names itself; they are registered again here with the same files and
-metadata plus ``stuff_colors`` (for visualisation), and a loader that checks the folders first, so
-that a missing data set gives an error that says what to create instead of an empty listing.
+Detectron2 registers these names itself. :func:`use_checked_ade20k_semantic_loaders` registers
+them again with the same files and metadata plus ``stuff_colors`` (for visualisation), and a
+loader that checks the folders first, so that a missing data set gives an error that says what to
+create instead of an empty listing. Nothing is replaced on import: another project in the same
+process may rely on Detectron2's own registration, so only an entry point that asks (train_net.py,
+the demo) gets these.
 
 Expected under ``$DETECTRON2_DATASETS/ADEChallengeData2016``: ``images/{training,validation}/*.jpg``
 and ``annotations_detectron2/{training,validation}/*.png`` (labels 0..149, 255 = ignore), written
@@ -67,4 +70,7 @@ def register_all_ade20k_semantic(root: str) -> None:
         )
 
 
-register_all_ade20k_semantic(datasets_root())
+def use_checked_ade20k_semantic_loaders() -> None:
+    """Replace Detectron2's ``ade20k_sem_seg_{train,val}`` by :func:`register_all_ade20k_semantic`
+    of ``$DETECTRON2_DATASETS``. Calling it again changes nothing more."""
+    register_all_ade20k_semantic(datasets_root())

@@ -17,6 +17,8 @@ from .digits import ensure_digits
 
 
 def register_imagenet(root: Optional[str] = None) -> None:
+    """Register ``imagenet_{train,val}``: the class folders under ``root`` (default
+    ``$DETECTRON2_DATASETS/imagenet``), checked when first loaded."""
     root = root or os.path.join(datasets_root(), "imagenet")
     for split in ("train", "val"):
         name = f"imagenet_{split}"
@@ -31,6 +33,8 @@ def register_imagenet(root: Optional[str] = None) -> None:
 
 
 def register_digits(root: Optional[str] = None) -> None:
+    """Register ``digits_{train,val}``: scikit-learn's digits, written under ``root`` when first
+    loaded."""
     root = root or digits_root()
     for split in ("train", "val"):
         register_class_folder(
@@ -39,7 +43,3 @@ def register_digits(root: Optional[str] = None) -> None:
             DIGIT_CLASSES,
             before_load=lambda: ensure_digits(root),
         )
-
-
-register_imagenet()
-register_digits()

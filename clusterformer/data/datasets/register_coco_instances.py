@@ -1,10 +1,12 @@
 """COCO instances (``coco_2017_{train,val}``, ...): Detectron2's registrations, with a checked loader.
 
 Detectron2 registers these names itself with ``load_coco_json``, which joins each image's
-``file_name`` from the JSON to the image folder unchecked. Their metadata stays Detectron2's;
-only the loader is replaced by :func:`~.register_formats.load_coco_instances_checked`, which
-first names a missing JSON or image folder and then rejects records that lead outside the image
-folder.
+``file_name`` from the JSON to the image folder unchecked. :func:`use_checked_coco_loaders`
+replaces only their loader by :func:`~.register_formats.load_coco_instances_checked`, which first
+names a missing JSON or image folder and then rejects records that lead outside the image folder;
+their metadata stays Detectron2's. Nothing is replaced on import: another project in the same
+process may rely on Detectron2's own loaders, so only an entry point that asks (train_net.py,
+the demo) gets the checked ones.
 """
 
 from detectron2.data import DatasetCatalog
@@ -22,6 +24,11 @@ COCO_INSTANCE_SPLITS = (
     "coco_2017_val_100",
 )
 
-for _name in COCO_INSTANCE_SPLITS:
-    if _name in DatasetCatalog.list():
-        register_coco_instances_checked(_name)
+
+def use_checked_coco_loaders() -> None:
+    """Give each of Detectron2's registered :data:`COCO_INSTANCE_SPLITS` the checked loader
+    (same JSON, image folder and metadata). Calling it again changes nothing more."""
+    registered = set(DatasetCatalog.list())
+    for name in COCO_INSTANCE_SPLITS:
+        if name in registered:
+            register_coco_instances_checked(name)

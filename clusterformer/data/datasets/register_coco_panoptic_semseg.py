@@ -17,8 +17,13 @@ from typing import Any, Dict
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from .dataset_paths import datasets_root, require_paths
-from .register_formats import PanopticFiles, panoptic_metadata, register_panoptic_json
+from .dataset_paths import require_paths
+from .register_formats import (
+    PanopticFiles,
+    panoptic_metadata,
+    register_panoptic_json,
+    registered_elsewhere,
+)
 
 # name: (image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json), under the root.
 COCO_PANOPTIC_WITH_SEM_SEG_SPLITS = {
@@ -86,9 +91,12 @@ def register_coco_panoptic_with_sem_seg(
 
 
 def register_all_coco_panoptic_with_sem_seg(root: str) -> None:
-    """Register the two COCO 2017 splits found under ``root`` (nothing is read now)."""
+    """Register the two COCO 2017 splits found under ``root`` (nothing is read now); a split
+    registered already (by Mask2Former) is kept."""
     metadata = coco_panoptic_metadata()
     for name, relative_paths in COCO_PANOPTIC_WITH_SEM_SEG_SPLITS.items():
+        if registered_elsewhere(name):
+            continue
         image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json = (
             os.path.join(root, p) for p in relative_paths
         )
@@ -101,6 +109,3 @@ def register_all_coco_panoptic_with_sem_seg(root: str) -> None:
             sem_seg_root,
             instances_json,
         )
-
-
-register_all_coco_panoptic_with_sem_seg(datasets_root())

@@ -5,6 +5,7 @@
 * :func:`register_sem_seg_folder`: a semantic data set (image folder + label PNG folder).
 * :func:`load_coco_instances_checked` / :func:`register_coco_instances_checked`: Detectron2's
   ``load_coco_json`` with its records checked to stay inside the image folder.
+* :func:`registered_elsewhere`: whether a name this project shares with Mask2Former is taken.
 
 Registration reads nothing: each loader runs ``before_load`` (a folder check, or the generation
 of a synthetic data set) when the data set is first used.
@@ -12,6 +13,7 @@ of a synthetic data set) when the data set is first used.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -20,6 +22,8 @@ from detectron2.data.datasets import load_coco_json, load_sem_seg
 from .dataset_paths import require_paths
 from .panoptic_json import check_first_record_files, load_panoptic_json
 from .path_safety import check_records_inside
+
+logger = logging.getLogger(__name__)
 
 # Mask2Former's values for every panoptic / semantic data set: void label, panoptic id divisor.
 IGNORE_LABEL = 255
@@ -150,3 +154,16 @@ def register_coco_instances_checked(name: str) -> None:
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     DatasetCatalog.register(name, lambda: load_coco_instances_checked(json_file, image_root, name))
+
+
+def registered_elsewhere(name: str) -> bool:
+    """True, with a log line, when ``name`` is in the ``DatasetCatalog`` already.
+
+    Mask2Former registers some of the names this project registers (COCO panoptic with semantic
+    labels, ADE20K panoptic) with the same files and metadata. Registering a name twice raises in
+    ``DatasetCatalog``, so when Mask2Former (or anyone) came first its registration is kept.
+    """
+    if name not in DatasetCatalog.list():
+        return False
+    logger.info("Data set %r is registered already (e.g. by Mask2Former); keeping that one", name)
+    return True

@@ -159,6 +159,8 @@ def large_root() -> str:
     return default_root() + "_3k"
 
 
-register_shapes()
-register_shapes(root=large_root(), config=LARGE_CONFIG, prefix="shapes3k")
-register_shapes(root=dense_root(), config=DENSE_CONFIG, prefix="shapes_dense")
+def register_all_shapes() -> None:
+    """Register the default, large (``shapes3k``) and crowded (``shapes_dense``) shapes sets."""
+    register_shapes()
+    register_shapes(root=large_root(), config=LARGE_CONFIG, prefix="shapes3k")
+    register_shapes(root=dense_root(), config=DENSE_CONFIG, prefix="shapes_dense")

@@ -1,6 +1,6 @@
 """Model core: the ClusterFormer backbone (no detectron2 imports).
 
-The Detectron2 wrapper lives in ``d2_clusterformer.py`` and is imported by ``meta_arch``.
+The Detectron2 wrapper, ``D2ClusterFormer``, is in ``clusterformer/d2/backbone.py``.
 """
 
 from .classification_head import ClassificationHead, global_pool_features

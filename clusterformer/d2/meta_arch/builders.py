@@ -16,10 +16,10 @@ from __future__ import annotations
 from detectron2.config import CfgNode
 from detectron2.modeling import Backbone
 
-from ..criterion import CLASS_LOSS_CHOICES, SetCriterion
-from ..matcher import HungarianMatcher
-from ..pixel_decoder import MSDeformAttnPixelDecoder
-from ..transformer_decoder import ClusteringTransformerDecoder
+from ...modeling.criterion import CLASS_LOSS_CHOICES, SetCriterion
+from ...modeling.matcher import HungarianMatcher
+from ...modeling.pixel_decoder import MSDeformAttnPixelDecoder
+from ...modeling.transformer_decoder import ClusteringTransformerDecoder
 
 # Class-bias prior of focal-loss detectors (RetinaNet, Deformable DETR, DINO).
 FOCAL_CLASS_PRIOR_PROB = 0.01

@@ -10,8 +10,8 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from torch import Tensor, nn
 
-from ..backbone import ClassificationHead
-from ..mixup import MixupCutmix
+from ...modeling.backbone import ClassificationHead
+from ...modeling.mixup import MixupCutmix
 
 
 @META_ARCH_REGISTRY.register()

@@ -1,7 +1,7 @@
 """Detectron2 layer of the backbone: ``D2ClusterFormer`` in ``BACKBONE_REGISTRY``.
 
 Select it with ``MODEL.BACKBONE.NAME: "D2ClusterFormer"``; its architecture comes from
-``MODEL.CLUSTERFORMER.*`` (see ``add_backbone_config`` in clusterformer/config.py).
+``MODEL.CLUSTERFORMER.*`` (see ``add_backbone_config`` in clusterformer/d2/config.py).
 
 Input convention (as Mask2Former's ``D2SwinTransformer``): the meta-architecture normalises the
 images with ``MODEL.PIXEL_MEAN`` / ``MODEL.PIXEL_STD`` and pads them to ``size_divisibility`` (32);
@@ -17,7 +17,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from .clusterformer import ClusterFormerBackbone
+from ..modeling.backbone.clusterformer import ClusterFormerBackbone
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from torch import Tensor, nn
 
-from .data.dataset_mappers.inference_transform import InputGeometry, build_test_transform
-from .data.datasets.class_metadata import class_metadata
-from .engine.checkpointer import ClusterFormerCheckpointer
-from .modeling.backbone.clusterformer import STAGE_NAMES, STAGE_STRIDES
+from ..data.dataset_mappers.inference_transform import InputGeometry, build_test_transform
+from ..data.datasets.class_metadata import class_metadata
+from ..engine.checkpointer import ClusterFormerCheckpointer
+from ..modeling.backbone.clusterformer import STAGE_NAMES, STAGE_STRIDES
 
 logger = logging.getLogger(__name__)
 

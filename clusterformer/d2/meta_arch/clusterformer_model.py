@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from ...data.dataset_mappers.dataset_info import class_list_key
 from ...data.datasets.class_metadata import check_num_classes, class_metadata
-from ..box_ops import box_xyxy_to_cxcywh
-from ..criterion import SetCriterion
-from ..postprocessing import (
+from ...modeling.box_ops import box_xyxy_to_cxcywh
+from ...modeling.criterion import SetCriterion
+from ...modeling.postprocessing import (
     boxes_to_output_size,
     detection_inference,
     instance_inference,
@@ -30,7 +30,7 @@ from ..postprocessing import (
     resize_mask_logits,
     semantic_inference,
 )
-from ..segmenter import ClusterFormerSegmenter
+from ...modeling.segmenter import ClusterFormerSegmenter
 from .builders import (
     build_criterion,
     build_pixel_decoder,

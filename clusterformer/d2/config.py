@@ -12,7 +12,7 @@ from detectron2.config import CfgNode as CN
 
 
 def add_backbone_config(cfg: CN) -> None:
-    """``MODEL.CLUSTERFORMER``: the image-level clustering backbone (method.md §1). Defaults = tiny."""
+    """``MODEL.CLUSTERFORMER``: the image-level clustering backbone (docs/method.md §1). Defaults = tiny."""
     cfg.MODEL.CLUSTERFORMER = CN()
     c = cfg.MODEL.CLUSTERFORMER
     c.EMBED_DIMS = [96, 192, 384, 768]
@@ -39,7 +39,7 @@ def add_backbone_config(cfg: CN) -> None:
     c.LAYER_SCALE_INIT = 1e-5
     c.DROP_PATH_RATE = 0.1
     c.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    # Kernel of the stride-2 convs between stages: 3 (method.md, released presets) or 2 (the
+    # Kernel of the stride-2 convs between stages: 3 (docs/method.md, released presets) or 2 (the
     # released base-class default; gives the paper's parameter counts, 28.3M / 49.6M).
     c.DOWNSAMPLE_KERNEL_SIZE = 3
 
@@ -140,7 +140,7 @@ def add_segmentation_config(cfg: CN) -> None:
 
 
 def add_detection_config(cfg: CN) -> None:
-    """Box-level clustering (method.md §3, docs/detection.md): boxes carried by the queries, box
+    """Box-level clustering (docs/method.md §3, docs/detection.md): boxes carried by the queries, box
     losses and costs, and the task switches.
 
     ``MASK_ON`` / ``BOX_ON`` pick the heads: masks only (pixel level, the segmentation default),
