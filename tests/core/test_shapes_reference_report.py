@@ -59,3 +59,42 @@ def test_the_flag_is_read_from_each_config(tmp_path):
     (tmp_path / "old.yaml").write_text("MODEL:\n  CLUSTER_DECODER:\n    TEST: {}\n")
     assert reference.largest_component(str(tmp_path / "on.yaml")) is True
     assert reference.largest_component(str(tmp_path / "old.yaml")) is False
+
+
+def _run_dir(tmp_path, name, decoder, values):
+    run = tmp_path / name
+    run.mkdir()
+    cross_attention = f"    CROSS_ATTENTION: {decoder}\n" if decoder else ""
+    (run / "config.yaml").write_text(
+        "MODEL:\n  CLUSTER_DECODER:\n" + cross_attention + "SOLVER:\n  MAX_ITER: 2000\n"
+    )
+    lines = [
+        {"iteration": 999 + 1000 * i, **dict.fromkeys(reference.METRICS, v)}
+        for i, v in enumerate(values)
+    ]
+    (run / "metrics.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return str(run)
+
+
+def test_decoder_convergence_compares_the_arms_at_common_iterations(tmp_path, monkeypatch):
+    from tools.experiments import shapes_decoder_convergence as convergence
+
+    monkeypatch.setattr(convergence, "REPORT", str(tmp_path / "report"))
+    monkeypatch.setattr(convergence, "PLOT", str(tmp_path / "curves.png"))
+    clustering = _run_dir(tmp_path, "clustering", None, [10.0, 30.0])
+    masked = _run_dir(tmp_path, "masked", "masked_attention", [12.0])
+    assert convergence.main([clustering, masked]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [row["iteration"] for row in report["rows"]] == [1000]
+    assert report["rows"][0]["difference:panoptic_seg/PQ_th"] == -2.0
+    assert "| 1000 | 10.00 / 12.00 / -2.00 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_decoder_convergence_refuses_swapped_runs(tmp_path):
+    from tools.experiments import shapes_decoder_convergence as convergence
+
+    clustering = _run_dir(tmp_path, "clustering", None, [10.0])
+    masked = _run_dir(tmp_path, "masked", "masked_attention", [12.0])
+    with pytest.raises(SystemExit):
+        convergence.main([masked, clustering])

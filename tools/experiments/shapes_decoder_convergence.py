@@ -48,7 +48,8 @@ def run_curve(run_dir: str) -> Tuple[List[Dict[str, float]], Dict]:
 
 
 def decoder_of(cfg: Dict) -> str:
-    return str(cfg["MODEL"]["CLUSTER_DECODER"].get("CROSS_ATTENTION", "clustering"))
+    decoder = (cfg.get("MODEL") or {}).get("CLUSTER_DECODER") or {}
+    return str(decoder.get("CROSS_ATTENTION", "clustering"))
 
 
 def comparison(curves: Dict[str, List[Dict[str, float]]]) -> List[Dict[str, float]]:
