@@ -42,8 +42,8 @@ from clusterformer.data.datasets.user_registration import (  # noqa: E402
     REGISTER_HELP,
     run_registration_files,
 )
+from clusterformer.data.image_io import UnreadableImageError, read_image_uint8  # noqa: E402
 from clusterformer.modeling.backbone.clusterformer import STAGE_NAMES  # noqa: E402
-from clusterformer.utils.image_io import UnreadableImageError, read_image_uint8  # noqa: E402
 from clusterformer.utils.visualizer import PredictionVisualizer, render_cluster_maps  # noqa: E402
 
 WINDOW_NAME = "ClusterFormer"

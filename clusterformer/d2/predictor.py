@@ -26,7 +26,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from torch import Tensor, nn
 
-from ..data.dataset_mappers.inference_transform import InputGeometry, build_test_transform
+from ..data.dataset_mappers import InputGeometry, build_test_transform, image_to_chw_tensor
 from ..data.datasets.class_metadata import class_metadata
 from ..engine.checkpointer import ClusterFormerCheckpointer
 from ..modeling.backbone.clusterformer import STAGE_NAMES, STAGE_STRIDES
@@ -307,7 +307,7 @@ class ClusterFormerPredictor:
             raise ValueError(
                 f"image must be (H, W, 3) uint8, got shape {image.shape} dtype {image.dtype}; "
                 "convert grayscale / RGBA / 16-bit images first "
-                "(clusterformer.utils.image_io.read_image_uint8 does)"
+                "(clusterformer.data.image_io.read_image_uint8 does)"
             )
         if format not in ("RGB", "BGR"):
             raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
@@ -315,7 +315,7 @@ class ClusterFormerPredictor:
             image = image[:, :, ::-1]
         model_image, geometry = self.test_transform(np.ascontiguousarray(image))
         inputs = {
-            "image": torch.as_tensor(np.ascontiguousarray(model_image.transpose(2, 0, 1))),
+            "image": image_to_chw_tensor(model_image),
             "height": geometry.original_hw[0],
             "width": geometry.original_hw[1],
         }

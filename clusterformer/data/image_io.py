@@ -21,6 +21,11 @@ stays 16-bit). Undecodable or truncated files raise ``OSError`` naming the file.
 Files are opened through :func:`path_manager` (Detectron2's ``PathManager`` where detectron2 is
 installed, else iopath's), so paths served by a registered iopath handler (remote storage) work,
 as they do with Detectron2's own loaders.
+
+Every reader of the project goes through :func:`read_image`: the mappers through
+:func:`read_image_file` (which tells a missing file from an undecodable one and names the file's
+role), the demo, the predictor's users and the export tool through :func:`read_image_uint8`
+(colour images only, one exception type to catch per file).
 """
 
 from __future__ import annotations
@@ -112,3 +117,42 @@ def read_image(file_name: str, format: Optional[str] = None) -> np.ndarray:
     except Exception as error:  # PIL also raises ValueError / SyntaxError on some broken files
         raise OSError(f"Cannot decode image file {file_name!r}: {error!r}") from error
     return convert_to_format(apply_exif_orientation(image), format, file_name)
+
+
+def read_image_file(file_name: str, format: Optional[str], role: str = "image") -> np.ndarray:
+    """Read ``file_name`` with :func:`read_image`, naming ``role`` (e.g. "panoptic annotation")
+    and the file in every error.
+
+    Returns:
+        ``(H, W, C)`` uint8 in ``format`` ("BGR", "RGB", ...), or the file's own layout when
+        ``format`` is None (``(H, W)`` for a single-channel label PNG).
+    Raises:
+        FileNotFoundError: the file does not exist; OSError: it exists but cannot be decoded
+        (truncated, not an image) or has a pixel type without an 8-bit meaning.
+    """
+    if not path_manager().isfile(file_name):
+        raise FileNotFoundError(f"The {role} file {file_name!r} does not exist")
+    try:
+        return read_image(file_name, format=format)
+    except (OSError, ValueError) as error:  # both messages name the file
+        raise OSError(f"Cannot read the {role} file: {error}") from error
+
+
+class UnreadableImageError(OSError):
+    """The file does not exist, is not an image, or cannot be decoded (the message names it)."""
+
+
+def read_image_uint8(file_name: str, format: str = "BGR") -> np.ndarray:
+    """Read a user's image file as an ``(H, W, 3)`` uint8 array in ``format`` ("BGR" or "RGB").
+
+    Raises:
+        UnreadableImageError: the file is missing, not an image, truncated, corrupt, or has a
+            pixel type without an 8-bit meaning (floating point, wide integers).
+        ValueError: ``format`` is neither "BGR" nor "RGB".
+    """
+    if format not in ("BGR", "RGB"):
+        raise ValueError(f"read_image_uint8: format must be 'BGR' or 'RGB', got {format!r}")
+    try:
+        return read_image_file(file_name, format)
+    except OSError as error:  # FileNotFoundError included; the message names the file
+        raise UnreadableImageError(str(error)) from error

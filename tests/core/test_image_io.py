@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clusterformer.data.image_io import read_image
-from clusterformer.utils.image_io import UnreadableImageError, read_image_uint8
+from clusterformer.data.image_io import (
+    UnreadableImageError,
+    read_image,
+    read_image_file,
+    read_image_uint8,
+)
 
 EXIF_ORIENTATION = 0x0112
 
@@ -130,3 +134,21 @@ def test_demo_reader_gives_three_channels_and_one_error_type(tmp_path):
             read_image_uint8(str(tmp_path / name))
     with pytest.raises(ValueError, match="format"):
         read_image_uint8(str(tmp_path / "grey.png"), "HSV")
+
+
+def test_the_mappers_reader_names_the_role_and_tells_missing_from_undecodable(tmp_path):
+    rgb = gradient()
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(
+        read_image_file(str(tmp_path / "rgb.png"), "BGR"), rgb[:, :, ::-1]
+    )
+    with pytest.raises(FileNotFoundError, match=r"panoptic annotation file .*nothere\.png"):
+        read_image_file(str(tmp_path / "nothere.png"), "RGB", role="panoptic annotation")
+    (tmp_path / "text.png").write_bytes(b"not an image at all")
+    with pytest.raises(OSError, match=r"semantic annotation file.*text\.png") as raised:
+        read_image_file(str(tmp_path / "text.png"), None, role="semantic annotation")
+    assert not isinstance(raised.value, FileNotFoundError)
+    # The demo's reader is the same reader with one exception type.
+    with pytest.raises(UnreadableImageError) as raised:
+        read_image_uint8(str(tmp_path / "nothere.png"))
+    assert isinstance(raised.value.__cause__, FileNotFoundError)

@@ -6,6 +6,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from clusterformer.data.datasets.mask_encoding import (
+    coco_segmentation_to_mask,
+    compressed_rle_counts,
     encode_rle,
     id2rgb,
     mask_bbox,
@@ -132,3 +134,39 @@ def test_panoptic_id_colour_round_trip():
         id2rgb(np.array([256**3]))
     with pytest.raises(ValueError, match="2-D"):
         mask_to_polygons(np.zeros((2, 2, 2), bool))
+
+
+def test_segmentation_decoder_round_trips_every_coco_form_through_pycocotools():
+    for mask in _random_masks(200, seed=3):
+        height, width = mask.shape
+        rle = encode_rle(mask)
+        runs = compressed_rle_counts(rle["counts"].encode("ascii"))
+        assert sum(runs) == height * width
+        forms = [
+            rle,  # compressed, str counts (COCO JSON)
+            {**rle, "counts": rle["counts"].encode("ascii")},  # compressed, bytes counts
+            {"size": [height, width], "counts": runs},  # uncompressed run lengths
+        ]
+        polygons, has_holes = mask_to_polygons(mask)
+        if not has_holes:
+            forms.append(polygons)
+        for segmentation in forms:
+            decoded = coco_segmentation_to_mask(segmentation, height, width, "m.png", 3)
+            assert decoded.dtype == bool and np.array_equal(decoded, mask)
+
+
+def test_segmentation_decoder_rejects_what_pycocotools_would_misread():
+    mask = np.zeros((4, 5), bool)
+    mask[1:3, 1:4] = True
+    rle = encode_rle(mask)
+    runs = compressed_rle_counts(rle["counts"].encode("ascii"))
+    with pytest.raises(ValueError, match=r"#2 of 'm\.png'.*covers 19 pixels.*4 x 5"):
+        coco_segmentation_to_mask(
+            {"size": [4, 5], "counts": [*runs[:-1], runs[-1] - 1]}, 4, 5, "m.png", 2
+        )
+    with pytest.raises(ValueError, match="ends inside a number"):
+        coco_segmentation_to_mask({"size": [4, 5], "counts": "P"}, 4, 5, "m.png", 2)
+    with pytest.raises(ValueError, match=r"size \[5, 4\]"):
+        coco_segmentation_to_mask({**rle, "size": [5, 4]}, 4, 5, "m.png", 2)
+    with pytest.raises(ValueError, match="non-finite"):
+        coco_segmentation_to_mask([[0, 0, float("nan"), 1, 2, 2]], 4, 5, "m.png", 2)

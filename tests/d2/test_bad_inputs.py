@@ -31,7 +31,7 @@ from clusterformer.data.dataset_mappers import (
     DETRDetectionDatasetMapper,
     build_dataset_mapper,
 )
-from clusterformer.data.dataset_mappers.classification_mapper import ClassificationDatasetMapper
+from clusterformer.data.dataset_mappers.classification import ClassificationDatasetMapper
 from clusterformer.data.datasets.path_safety import UnsafePathError
 from clusterformer.data.datasets.register_formats import load_coco_instances_checked
 from clusterformer.engine import Trainer

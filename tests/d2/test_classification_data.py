@@ -9,7 +9,7 @@ from PIL import Image
 
 from clusterformer import add_clusterformer_config
 from clusterformer.data.dataset_mappers import build_dataset_mapper
-from clusterformer.data.dataset_mappers.classification_mapper import random_erase_
+from clusterformer.data.dataset_mappers.augmentations import random_erase_
 from clusterformer.evaluation.classification_evaluation import ClassificationEvaluator
 
 

@@ -40,11 +40,15 @@ from PIL import Image
 
 from clusterformer import add_clusterformer_config
 from clusterformer.data.dataset_mappers import DATASET_MAPPER_REGISTRY, build_dataset_mapper
-from clusterformer.data.dataset_mappers.coco_instance_lsj import COCOInstanceLSJDatasetMapper
-from clusterformer.data.dataset_mappers.coco_panoptic_lsj import COCOPanopticLSJDatasetMapper
-from clusterformer.data.dataset_mappers.detr_detection import DETRDetectionDatasetMapper
-from clusterformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
-from clusterformer.data.dataset_mappers.mask_former_semantic import MaskFormerSemanticDatasetMapper
+from clusterformer.data.dataset_mappers.detr import DETRDetectionDatasetMapper
+from clusterformer.data.dataset_mappers.lsj import (
+    COCOInstanceLSJDatasetMapper,
+    COCOPanopticLSJDatasetMapper,
+)
+from clusterformer.data.dataset_mappers.mask_former import (
+    MaskFormerPanopticDatasetMapper,
+    MaskFormerSemanticDatasetMapper,
+)
 from clusterformer.data.datasets import (
     register_ade20k_panoptic,
     register_ade20k_semantic,

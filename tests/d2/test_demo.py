@@ -23,7 +23,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG, REPO
 
-from clusterformer.utils.image_io import read_image_uint8
+from clusterformer.data.image_io import read_image_uint8
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ from detectron2.data import DatasetCatalog
 from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG, REPO
 
 from clusterformer import ClusterFormerPredictor, add_clusterformer_config
+from clusterformer.data.image_io import read_image_uint8
 from clusterformer.deploy.predictor import ExportedPredictor
-from clusterformer.utils.image_io import read_image_uint8
 
 TOLERANCE = 1e-4
 NUM_VAL_IMAGES = 3

@@ -2,7 +2,8 @@
 
 The LSJ mappers have theirs in test_dataset_mappers.py; these cover the semantic recipe, DETR
 detection with random (also degenerate) boxes, the classification mapper on random image kinds and
-sizes, and the compressed-RLE reader against pycocotools' encoder.
+sizes, the compressed-RLE reader against pycocotools' encoder, and panopticapi's ``rgb2id`` (the
+mappers') against the shapes generator's ``id2rgb``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from panopticapi.utils import rgb2id
 from PIL import Image
 
 from clusterformer.data.dataset_mappers import (
@@ -24,8 +26,8 @@ from clusterformer.data.dataset_mappers import (
     MaskFormerSemanticDatasetMapper,
 )
 from clusterformer.data.dataset_mappers.augmentations import ResizeShortestEdge
-from clusterformer.data.dataset_mappers.classification_mapper import ClassificationDatasetMapper
-from clusterformer.data.dataset_mappers.targets import compressed_rle_counts
+from clusterformer.data.dataset_mappers.classification import ClassificationDatasetMapper
+from clusterformer.data.datasets.mask_encoding import compressed_rle_counts, id2rgb
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 IGNORE = 255
@@ -223,3 +225,17 @@ def test_classification_mapper_gives_the_crop_size_for_any_image(sample):
         out = mapper({"file_name": str(Path(folder) / "i.png"), "image_id": 0, "label": 3})
     assert out["image"].shape == (3, 16, 16) and out["image"].dtype == torch.uint8
     assert (out["height"], out["width"]) == (16, 16) and out["label"] == 3
+
+
+@SETTINGS
+@given(
+    height=st.integers(1, 12),
+    width=st.integers(1, 12),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_panopticapi_rgb2id_reads_the_generators_panoptic_colours(height, width, seed):
+    """The shapes generator writes panoptic PNGs with its own id2rgb (no panopticapi there); the
+    mappers read them with panopticapi's rgb2id: every id in [0, 256^3) survives the trip."""
+    ids = np.random.default_rng(seed).integers(0, 256**3, size=(height, width))
+    ids.flat[0] = 256**3 - 1
+    np.testing.assert_array_equal(rgb2id(id2rgb(ids)), ids)

@@ -21,11 +21,11 @@ from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 from PIL import Image
 
-from clusterformer.data.dataset_mappers.mapper_io import read_image_file, read_semantic_png
-from clusterformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
+from clusterformer.data.dataset_mappers.mask_former import MaskFormerPanopticDatasetMapper
+from clusterformer.data.dataset_mappers.targets import read_semantic_png
 from clusterformer.data.datasets.dataset_paths import require_paths
 from clusterformer.data.datasets.panoptic_json import check_first_record_files, load_panoptic_json
-from clusterformer.utils.image_io import UnreadableImageError, read_image_uint8
+from clusterformer.data.image_io import UnreadableImageError, read_image_file, read_image_uint8
 
 PREFIX = "clusterformer-test-memory://"
 HEIGHT, WIDTH = 24, 32

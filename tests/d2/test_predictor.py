@@ -19,8 +19,8 @@ from clusterformer.d2.predictor import (
     infer_task,
 )
 from clusterformer.data.dataset_mappers import InputGeometry, build_test_transform
+from clusterformer.data.image_io import read_image_uint8
 from clusterformer.engine import Trainer, UnsafeCheckpointError
-from clusterformer.utils.image_io import read_image_uint8
 from clusterformer.utils.visualizer import decoder_cluster_labels
 
 

@@ -30,9 +30,9 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
 from clusterformer import ClusterFormerPredictor, add_clusterformer_config
+from clusterformer.data.image_io import read_image_uint8
 from clusterformer.deploy import FORMATS, ExportedModel, eager_outputs, export
 from clusterformer.deploy.export import DEFAULT_ONNX_OPSET, MIN_ONNX_OPSET
-from clusterformer.utils.image_io import read_image_uint8
 
 logger = logging.getLogger("clusterformer.export")
 

@@ -18,7 +18,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
-from ...data.dataset_mappers.dataset_info import class_list_key
+from ...data.dataset_mappers import class_list_key
 from ...data.datasets.class_metadata import check_num_classes, class_metadata
 from ...modeling.box_ops import box_xyxy_to_cxcywh
 from ...modeling.criterion import SetCriterion

@@ -1,18 +1,29 @@
-"""Augmentation recipes shared by the mappers, built from explicit arguments (no config access).
+"""Every augmentation recipe of the mappers: ``build_*`` from explicit arguments, and
+``*_from_config`` from the ``INPUT.*`` config keys.
 
-* :func:`build_lsj_augmentations` — large-scale jitter (COCO recipes of Mask2Former / kMaX).
-* :func:`build_semantic_augmentations` — Mask2Former's ADE20K recipe.
+* :func:`build_lsj_augmentations` — large-scale jitter (COCO recipes of Mask2Former / kMaX;
+  ``coco_panoptic_lsj``, ``coco_instance_lsj``, ``detr_detection`` with ``lsj``).
+* :func:`build_semantic_augmentations` — Mask2Former's ADE20K recipe (``mask_former_*``).
 * :func:`build_detr_augmentations` — DETR's multi-scale resize with a random crop half the time.
-* :func:`build_test_augmentations` — the test-time shortest-edge resize of every mapper.
+* :func:`build_test_augmentations` — the test-time shortest-edge resize of every segmentation /
+  detection mapper (and of the predictor).
+* :func:`build_classification_train_ops` / :func:`classification_test_ops` /
+  :func:`random_erase_` — the ImageNet recipe of the classification mapper (torchvision ops on
+  ``(C, H, W)`` uint8 tensors).
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import math
+from typing import List, Optional, Sequence, Tuple
 
+import torch
+from detectron2.config import CfgNode
 from detectron2.data import transforms as T
+from torchvision.transforms import v2 as tv_transforms
 
 RANDOM_FLIP_CHOICES = ("none", "horizontal", "vertical")
+DETECTION_AUGMENTATIONS = ("detr", "lsj")
 
 
 def at_least_one_pixel(transform: T.Transform) -> T.Transform:
@@ -158,3 +169,112 @@ def build_test_augmentations(min_size_test: int, max_size_test: int) -> List[T.A
     if min_size_test <= 0:
         return []
     return [ResizeShortestEdge(min_size_test, max_size_test)]
+
+
+# ---- from the config ----------------------------------------------------------------------
+
+
+def lsj_augmentations_from_config(cfg: CfgNode) -> List[T.Augmentation]:
+    """Large-scale jitter to ``INPUT.IMAGE_SIZE`` squared, scale in ``[MIN_SCALE, MAX_SCALE]``."""
+    return build_lsj_augmentations(
+        cfg.INPUT.IMAGE_SIZE, cfg.INPUT.MIN_SCALE, cfg.INPUT.MAX_SCALE, cfg.INPUT.RANDOM_FLIP
+    )
+
+
+def semantic_augmentations_from_config(cfg: CfgNode, ignore_label: int) -> List[T.Augmentation]:
+    """Mask2Former's semantic recipe: ``MIN_SIZE_TRAIN`` resize, ``CROP`` with the category-area
+    constraint (``ignore_label`` pixels do not count), optional ``COLOR_AUG_SSD``, flip."""
+    return build_semantic_augmentations(
+        min_size_train=cfg.INPUT.MIN_SIZE_TRAIN,
+        max_size_train=cfg.INPUT.MAX_SIZE_TRAIN,
+        min_size_train_sampling=cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+        crop_enabled=cfg.INPUT.CROP.ENABLED,
+        crop_type=cfg.INPUT.CROP.TYPE,
+        crop_size=cfg.INPUT.CROP.SIZE,
+        single_category_max_area=cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+        ignore_label=ignore_label,
+        color_aug_ssd=cfg.INPUT.COLOR_AUG_SSD,
+        image_format=cfg.INPUT.FORMAT,
+        random_flip=cfg.INPUT.RANDOM_FLIP,
+    )
+
+
+def detection_augmentations_from_config(cfg: CfgNode) -> List[T.Augmentation]:
+    """``INPUT.DETECTION_AUGMENTATION``: "detr" (multi-scale, DINO's COCO recipe) or "lsj"."""
+    recipe = cfg.INPUT.DETECTION_AUGMENTATION
+    if recipe == "detr":
+        return build_detr_augmentations(
+            min_size_train=cfg.INPUT.MIN_SIZE_TRAIN,
+            max_size_train=cfg.INPUT.MAX_SIZE_TRAIN,
+            crop_enabled=cfg.INPUT.CROP.ENABLED,
+            crop_type=cfg.INPUT.CROP.TYPE,
+            crop_size=cfg.INPUT.CROP.SIZE,
+            pre_crop_min_sizes=cfg.INPUT.DETR_PRE_CROP_MIN_SIZES,
+            crop_probability=cfg.INPUT.DETR_CROP_PROBABILITY,
+            random_flip=cfg.INPUT.RANDOM_FLIP,
+        )
+    if recipe == "lsj":
+        return lsj_augmentations_from_config(cfg)
+    raise ValueError(
+        f"INPUT.DETECTION_AUGMENTATION={recipe!r}; expected one of {DETECTION_AUGMENTATIONS}"
+    )
+
+
+def test_augmentations_from_config(cfg: CfgNode) -> List[T.Augmentation]:
+    """The test-time augmentations of the segmentation / detection mappers (shortest-edge resize
+    to ``INPUT.MIN_SIZE_TEST``, the long side capped at ``INPUT.MAX_SIZE_TEST``)."""
+    return build_test_augmentations(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+
+
+# ---- classification (torchvision ops on (C, H, W) uint8 tensors) --------------------------
+
+
+def build_classification_train_ops(
+    train_crop: int,
+    crop_scale: Sequence[float],
+    horizontal_flip: bool,
+    rand_augment_magnitude: Optional[int],
+) -> List[torch.nn.Module]:
+    """RandomResizedCrop(``train_crop``, ``crop_scale``) -> optional horizontal flip -> optional
+    RandAugment (2 ops, ``rand_augment_magnitude``; None: off)."""
+    ops = [tv_transforms.RandomResizedCrop(train_crop, scale=tuple(crop_scale), antialias=True)]
+    if horizontal_flip:
+        ops.append(tv_transforms.RandomHorizontalFlip())
+    if rand_augment_magnitude is not None:
+        ops.append(tv_transforms.RandAugment(num_ops=2, magnitude=rand_augment_magnitude))
+    return ops
+
+
+def classification_test_ops(test_resize: int, test_crop: int) -> List[torch.nn.Module]:
+    """The classification mapper's test ops on ``(C, H, W)`` uint8 tensors: short side to
+    ``test_resize`` (antialiased), then a ``test_crop`` square centre crop."""
+    return [tv_transforms.Resize(test_resize, antialias=True), tv_transforms.CenterCrop(test_crop)]
+
+
+def random_erase_(
+    image: torch.Tensor,
+    probability: float,
+    area_range: Tuple[float, float] = (0.02, 1.0 / 3.0),
+    log_aspect_range: Tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
+    max_attempts: int = 10,
+) -> torch.Tensor:
+    """Random Erasing (Zhong et al.) in place on a ``(C, H, W)`` uint8 image, random-pixel fill.
+
+    torchvision's RandomErasing fills with N(0, 1) values, meant for normalised float images; on
+    uint8 they would wrap around, so this version draws uniform 0..255 noise instead.
+    """
+    if probability <= 0 or torch.rand(()) >= probability:
+        return image
+    _, H, W = image.shape
+    for _ in range(max_attempts):
+        area = H * W * float(torch.empty(()).uniform_(*area_range))
+        aspect = math.exp(float(torch.empty(()).uniform_(*log_aspect_range)))
+        h = int(round(math.sqrt(area * aspect)))
+        w = int(round(math.sqrt(area / aspect)))
+        if 0 < h < H and 0 < w < W:
+            top = int(torch.randint(0, H - h + 1, ()))
+            left = int(torch.randint(0, W - w + 1, ()))
+            noise = torch.randint(0, 256, (image.shape[0], h, w), dtype=image.dtype)
+            image[:, top : top + h, left : left + w] = noise
+            break
+    return image

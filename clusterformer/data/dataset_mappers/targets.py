@@ -1,4 +1,5 @@
-"""Training targets shared by the mappers: per-segment binary masks -> Detectron2 ``Instances``.
+"""Annotations -> training targets: instance (COCO ``annotations``), semantic (label PNG) and
+panoptic (PNG + ``segments_info``) annotations through a sample's augmentation.
 
 Every segmentation mapper returns the same target schema, ``Instances`` of the (padded) image
 size with
@@ -9,17 +10,27 @@ size with
 
 Masks that are empty after augmentation (a segment cropped away) are dropped: an empty target
 mask only teaches a query to predict a class with nothing to segment.
+
+Instance segmentations (polygons or RLE) are decoded to binary masks at the original image size
+(:func:`~clusterformer.data.datasets.mask_encoding.coco_segmentation_to_mask`) and then
+transformed like a label map: transforming polygons instead would need shapely for crops (which
+Detectron2 does not require), and the mask route treats polygons and RLE the same way.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
-import torch.nn.functional as F
-from detectron2.structures import BitMasks, Instances
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import SizeMismatchError
+from detectron2.structures import BitMasks, BoxMode, Instances
+from panopticapi.utils import rgb2id
+
+from ..datasets.mask_encoding import coco_segmentation_to_mask
+from ..image_io import read_image_file
+from .base import AugmentedSample, pad_bottom_right
 
 
 def instances_from_masks(
@@ -79,120 +90,236 @@ def check_semantic_labels(
         )
 
 
-def compressed_rle_counts(counts: bytes) -> List[int]:
-    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``).
-
-    Raises ``ValueError`` when the string ends inside a number. pycocotools itself reads past the
-    end in that case, and decodes an RLE whose runs do not cover the mask into uninitialised
-    memory, which is why :func:`coco_segmentation_to_mask` checks the runs first.
-    """
-    runs: List[int] = []
-    position = 0
-    while position < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= len(counts):
-                raise ValueError("the compressed RLE string ends inside a number")
-            chunk = counts[position] - 48
-            value |= (chunk & 0x1F) << (5 * shift)
-            more = bool(chunk & 0x20)
-            position += 1
-            shift += 1
-            if not more and chunk & 0x10:
-                value |= -1 << (5 * shift)
-        if len(runs) > 2:
-            value += runs[-2]
-        runs.append(value)
-    return runs
+# ---- instance annotations (COCO ``annotations``) -------------------------------------------
 
 
-def check_rle_runs(runs: Sequence[Any], height: int, width: int, where: str) -> None:
-    """Raise unless ``runs`` are non-negative integers covering exactly ``height * width`` pixels."""
-    if any(not isinstance(r, (int, np.integer)) or r < 0 for r in runs):
-        raise ValueError(f"RLE of {where} has negative or non-integer run lengths")
-    if sum(int(r) for r in runs) != height * width:
-        raise ValueError(
-            f"RLE of {where} covers {sum(int(r) for r in runs)} pixels, but the image has "
-            f"{height} x {width} = {height * width}"
+def non_crowd_annotations(annotations: Sequence[dict]) -> List[dict]:
+    """Annotations without ``iscrowd`` set (crowd regions are not training targets)."""
+    return [a for a in annotations if not a.get("iscrowd", 0)]
+
+
+def check_annotation_categories(
+    annotations: Sequence[dict], num_classes: int, file_name: str
+) -> None:
+    """Raise naming the image file when an annotation's contiguous ``category_id`` is unknown."""
+    for index, annotation in enumerate(annotations):
+        check_contiguous_category_id(
+            annotation["category_id"], num_classes, f"Annotation #{index} of {file_name!r}"
         )
 
 
-def check_polygon(polygon: Sequence[Any], height: int, width: int, where: str) -> None:
-    """Raise unless a polygon's coordinates are finite and at most one image size outside the image.
+def pop_instance_annotations(
+    dataset_dict: Dict[str, Any], num_classes: Optional[int]
+) -> List[dict]:
+    """Take ``annotations`` out of a training dict: the non-crowd ones, their categories checked
+    against ``num_classes`` (None: unchecked)."""
+    annotations = non_crowd_annotations(dataset_dict.pop("annotations", []))
+    if num_classes is not None:
+        check_annotation_categories(annotations, num_classes, dataset_dict["file_name"])
+    return annotations
 
-    pycocotools' rasteriser loops or crashes the process on NaN / inf coordinates and on huge ones
-    (1e8 segfaults), so they must never reach it; a polygon that far out is a broken annotation.
-    """
-    coordinates = np.asarray(polygon, dtype=np.float64)
-    if not np.isfinite(coordinates).all():
-        raise ValueError(f"Polygon of {where} has non-finite coordinates")
-    xs, ys = coordinates[0::2], coordinates[1::2]
-    if xs.min() < -width or xs.max() > 2 * width or ys.min() < -height or ys.max() > 2 * height:
-        raise ValueError(
-            f"Polygon of {where} reaches x in [{xs.min():g}, {xs.max():g}], y in "
-            f"[{ys.min():g}, {ys.max():g}], far outside the {width} x {height} (W x H) image"
+
+def annotation_classes(annotations: Sequence[dict]) -> List[int]:
+    """The contiguous ``category_id`` of each annotation."""
+    return [int(a["category_id"]) for a in annotations]
+
+
+def transform_annotation_masks(
+    annotations: Sequence[dict],
+    transforms: T.TransformList,
+    original_hw: Tuple[int, int],
+    valid: np.ndarray,
+    file_name: str,
+) -> List[np.ndarray]:
+    """Decode each annotation's ``segmentation`` and transform it: list of ``(H', W')`` bool masks,
+    with padded pixels (``valid`` False) cleared."""
+    height, width = original_hw
+    masks = []
+    for index, annotation in enumerate(annotations):
+        if "segmentation" not in annotation:
+            raise KeyError(f"Annotation #{index} of {file_name!r} has no 'segmentation'")
+        mask = coco_segmentation_to_mask(
+            annotation["segmentation"], height, width, file_name, index
         )
+        # uint8 so that Detectron2 resizes it with PIL nearest-neighbour, as it does label maps.
+        transformed = transforms.apply_segmentation(mask.astype(np.uint8)) == 1
+        masks.append(transformed & valid)
+    return masks
 
 
-def coco_segmentation_to_mask(
-    segmentation, height: int, width: int, file_name: str, annotation_index: int
+def annotation_box_xyxy(annotation: dict, file_name: str, index: int) -> List[float]:
+    """An annotation's ``bbox`` (in its ``bbox_mode``) as absolute XYXY, checked.
+
+    Raises ``KeyError`` / ``ValueError`` naming the image file and the annotation index when the
+    box is missing, not 4 finite numbers, or has a negative width or height: a transform would
+    silently turn such a box into a valid-looking one (``apply_box`` takes corner minima and
+    maxima). Boxes of zero width or height pass; the mapper drops them after augmentation.
+    """
+    if "bbox" not in annotation or "bbox_mode" not in annotation:
+        raise KeyError(f"Annotation #{index} of {file_name!r} needs 'bbox' and 'bbox_mode'")
+    box = np.asarray(annotation["bbox"], dtype=np.float64).reshape(-1)
+    if box.shape != (4,) or not np.isfinite(box).all():
+        raise ValueError(
+            f"Annotation #{index} of {file_name!r} has bbox {annotation['bbox']!r}; expected 4 "
+            "finite numbers"
+        )
+    x0, y0, x1, y1 = BoxMode.convert(box.tolist(), annotation["bbox_mode"], BoxMode.XYXY_ABS)
+    if x1 < x0 or y1 < y0:
+        raise ValueError(
+            f"Annotation #{index} of {file_name!r} has bbox {annotation['bbox']!r} "
+            f"({BoxMode(annotation['bbox_mode']).name}) with a negative width or height"
+        )
+    return [x0, y0, x1, y1]
+
+
+def transform_annotation_boxes(
+    annotations: Sequence[dict],
+    transforms: T.TransformList,
+    image_hw: Tuple[int, int],
+    file_name: str,
 ) -> np.ndarray:
-    """Decode a COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to ``(H, W)`` bool.
+    """``(N, 4)`` float32 absolute XYXY boxes: each annotation's ``bbox`` (in its ``bbox_mode``,
+    checked by :func:`annotation_box_xyxy`) transformed and clipped to the output image. A box
+    outside the image is clipped to zero area (the mapper then drops it)."""
+    if not annotations:
+        return np.zeros((0, 4), dtype=np.float32)
+    boxes = np.asarray(
+        [annotation_box_xyxy(a, file_name, index) for index, a in enumerate(annotations)],
+        dtype=np.float64,
+    )
+    boxes = transforms.apply_box(boxes)
+    height, width = image_hw
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes.astype(np.float32)
 
-    Degenerate polygons are skipped, as Detectron2's ``load_coco_json`` skips them: fewer than 3
-    points (COCO has a few) or an odd number of coordinates; a polygon of zero area rasterises to
-    an empty mask, which the mappers drop. Raises ``ValueError`` naming the image file and the
-    annotation index for a polygon with non-finite coordinates or far outside the image (see
-    :func:`check_polygon`), and for an RLE whose ``size`` is not the image's or whose runs do not
-    cover it exactly (pycocotools would return uninitialised memory).
-    """
-    where = f"annotation #{annotation_index} of {file_name!r}"
-    if isinstance(segmentation, list):
-        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
-        for polygon in polygons:
-            check_polygon(polygon, height, width, where)
-        if not polygons:
-            return np.zeros((height, width), dtype=bool)
-        rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-    elif isinstance(segmentation, dict):
-        if list(segmentation.get("size", [])) != [height, width]:
-            raise ValueError(
-                f"RLE of {where} has size {segmentation.get('size')}, but the image is "
-                f"{[height, width]} (H, W)"
-            )
-        counts = segmentation.get("counts")
-        if isinstance(counts, list):
-            check_rle_runs(counts, height, width, where)
-            rle = mask_util.frPyObjects(segmentation, height, width)
-        elif isinstance(counts, (str, bytes)):
-            encoded = counts.encode("ascii") if isinstance(counts, str) else counts
-            try:
-                runs = compressed_rle_counts(encoded)
-            except ValueError as error:
-                raise ValueError(f"RLE of {where}: {error}") from error
-            check_rle_runs(runs, height, width, where)
-            rle = {"size": [height, width], "counts": encoded}
-        else:
-            raise TypeError(f"RLE of {where} has counts of type {type(counts).__name__}")
-    else:
-        raise TypeError(
-            f"{where} has a segmentation of type {type(segmentation).__name__}; "
-            "expected a list of polygons or an RLE dict"
+
+# ---- annotation PNGs ----------------------------------------------------------------------
+
+
+def check_same_size(
+    annotation: np.ndarray, annotation_file: str, image_hw: Tuple[int, int], image_file: str
+) -> None:
+    """Raise ``SizeMismatchError`` naming both files when an annotation PNG's size is not the image's."""
+    annotation_hw = tuple(annotation.shape[:2])
+    if annotation_hw != tuple(image_hw):
+        raise SizeMismatchError(
+            f"Annotation {annotation_file!r} has size (H, W)={annotation_hw}, but its image "
+            f"{image_file!r} has size {tuple(image_hw)}; the annotation must match its image"
         )
-    return mask_util.decode(rle).astype(bool)
 
 
-def pad_to_divisibility(size_divisibility: int, hw: Tuple[int, int]) -> Tuple[int, int]:
-    """Bottom/right padding ``(pad_h, pad_w)`` that makes ``hw`` a multiple of ``size_divisibility``."""
-    if size_divisibility <= 0:
-        return 0, 0
-    height, width = hw
-    return (-height) % size_divisibility, (-width) % size_divisibility
+def read_semantic_png(file_name: str, image_hw: Tuple[int, int], image_file: str) -> np.ndarray:
+    """Read a semantic label PNG as ``(H, W)`` integer labels and check it matches the image.
+
+    8-bit labels stay uint8 (so Detectron2 resizes them with PIL, like the image); wider ones are
+    returned as float64, which Detectron2's transforms resize with nearest-neighbour torch ops.
+    """
+    labels = read_image_file(file_name, None, role="semantic annotation")
+    if labels.ndim == 3:
+        if labels.shape[2] != 1:
+            raise ValueError(
+                f"Semantic annotation {file_name!r} has {labels.shape[2]} channels; "
+                "expected a single-channel label PNG"
+            )
+        labels = labels[:, :, 0]
+    check_same_size(labels, file_name, image_hw, image_file)
+    if labels.dtype != np.uint8:
+        labels = labels.astype(np.float64)
+    return labels
 
 
-def pad_bottom_right(tensor: torch.Tensor, pad_hw: Tuple[int, int], value: float) -> torch.Tensor:
-    """Pad the last two dims of ``tensor`` at the bottom and right by ``pad_hw`` with ``value``."""
-    pad_h, pad_w = pad_hw
-    if pad_h == 0 and pad_w == 0:
-        return tensor
-    return F.pad(tensor, (0, pad_w, 0, pad_h), value=value).contiguous()
+def read_panoptic_png(file_name: str, image_hw: Tuple[int, int], image_file: str) -> np.ndarray:
+    """Read a COCO-format panoptic PNG as ``(H, W, 3)`` uint8 RGB and check it matches the image."""
+    panoptic_rgb = read_image_file(file_name, "RGB", role="panoptic annotation")
+    check_same_size(panoptic_rgb, file_name, image_hw, image_file)
+    return panoptic_rgb
+
+
+# ---- panoptic annotations (COCO-format PNG + ``segments_info``) ----------------------------
+
+
+def check_segment_categories(
+    segments_info: Iterable[dict], num_classes: int, annotation_file: str
+) -> None:
+    """Raise naming the file when a segment's ``category_id`` is not a contiguous id of the data set."""
+    for segment in segments_info:
+        check_contiguous_category_id(
+            segment["category_id"],
+            num_classes,
+            f"Segment id {segment.get('id')} in {annotation_file!r}",
+        )
+
+
+def pop_panoptic_annotation(
+    dataset_dict: Dict[str, Any],
+    image_hw: Tuple[int, int],
+    num_classes: Optional[int],
+    mapper_name: str,
+) -> Tuple[np.ndarray, List[dict]]:
+    """Take the panoptic annotation of a training dict: ``(panoptic PNG as (H, W, 3) uint8 RGB,
+    segments_info)``. ``pan_seg_file_name`` and ``sem_seg_file_name`` leave the dict (the label
+    map, where needed, is derived from the panoptic PNG); ``segments_info`` stays.
+
+    Raises ``KeyError`` naming the image and ``mapper_name`` when the dict is not panoptic, and
+    the errors of :func:`read_panoptic_png` and :func:`check_segment_categories` (``num_classes``
+    None: unchecked).
+    """
+    dataset_dict.pop("sem_seg_file_name", None)
+    panoptic_file = dataset_dict.pop("pan_seg_file_name", None)
+    if panoptic_file is None or "segments_info" not in dataset_dict:
+        raise KeyError(
+            f"Data set dict of {dataset_dict['file_name']!r} has no 'pan_seg_file_name' / "
+            f"'segments_info'; {mapper_name} needs a panoptic data set"
+        )
+    segments_info = dataset_dict["segments_info"]
+    panoptic_rgb = read_panoptic_png(panoptic_file, image_hw, dataset_dict["file_name"])
+    if num_classes is not None:
+        check_segment_categories(segments_info, num_classes, panoptic_file)
+    return panoptic_rgb, segments_info
+
+
+def panoptic_to_masks(
+    segment_ids: np.ndarray, segments_info: Iterable[dict]
+) -> Tuple[List[np.ndarray], List[int]]:
+    """One mask per non-crowd segment of a ``(H, W)`` panoptic id map (things and stuff alike)."""
+    masks, classes = [], []
+    for segment in segments_info:
+        if segment.get("iscrowd", 0):
+            continue
+        masks.append(segment_ids == segment["id"])
+        classes.append(int(segment["category_id"]))
+    return masks, classes
+
+
+def panoptic_to_semantic(
+    segment_ids: np.ndarray, segments_info: Iterable[dict], ignore_label: int
+) -> np.ndarray:
+    """``(H, W)`` label map of a ``(H, W)`` panoptic id map: each segment's category (crowd
+    segments included, as in the semantic PNGs prepared from panoptic ones), void =
+    ``ignore_label``.
+
+    uint8 when every value fits (Detectron2 then resizes it with PIL like the image), else
+    float64 (Detectron2's resize of other dtypes goes through float torch interpolation).
+    """
+    segments_info = list(segments_info)
+    largest = max([ignore_label] + [int(s["category_id"]) for s in segments_info])
+    dtype = np.uint8 if 0 <= largest <= 255 else np.float64
+    labels = np.full(segment_ids.shape, ignore_label, dtype=dtype)
+    for segment in segments_info:
+        labels[segment_ids == segment["id"]] = segment["category_id"]
+    return labels
+
+
+def panoptic_instances(
+    panoptic_rgb: np.ndarray, segments_info: Iterable[dict], sample: AugmentedSample
+) -> Instances:
+    """Targets of a panoptic annotation: its ``(H, W, 3)`` PNG through the sample's transforms and
+    padding, one mask per non-crowd segment (things and stuff), no mask on padding."""
+    transformed = sample.transforms.apply_segmentation(panoptic_rgb)
+    segment_ids = torch.from_numpy(rgb2id(transformed))
+    segment_ids = pad_bottom_right(segment_ids, sample.pad_hw, -1)
+    # The pad colour (255, 255, 255) could be a real segment id: clear padding explicitly.
+    segment_ids[sample.padding_mask] = -1
+    masks, classes = panoptic_to_masks(segment_ids.numpy(), segments_info)
+    return instances_from_masks(masks, classes, sample.image_hw)

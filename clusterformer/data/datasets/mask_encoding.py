@@ -1,4 +1,4 @@
-"""Binary masks in the encodings of the COCO formats, written with numpy only.
+"""Binary masks in the encodings of the COCO formats: polygons, RLE, panoptic id colours.
 
 Coordinates follow COCO and Detectron2: pixel ``(x, y)`` covers the square ``[x, x+1] x [y, y+1]``,
 so a polygon through pixel *corners* (integer vertices) encloses whole pixels. pycocotools
@@ -8,14 +8,22 @@ centres (``cv2.findContours``) does not: that one loses half of every boundary p
 
 * :func:`mask_to_polygons` traces those boundaries, one closed loop per 4-connected component
   plus one per hole;
-* :func:`encode_rle` writes pycocotools' compressed RLE (``{"size": [h, w], "counts": str}``);
+* :func:`encode_rle` is pycocotools' compressed RLE as COCO JSON stores it
+  (``{"size": [h, w], "counts": str}``);
+* :func:`coco_segmentation_to_mask` decodes a COCO ``segmentation`` (polygons or RLE) with
+  pycocotools, after checks that keep broken annotations away from it (pycocotools crashes on
+  some and returns uninitialised memory for others);
 * :func:`mask_bbox` gives the tight XYWH box, as ``pycocotools.mask.toBbox`` does;
 * :func:`id2rgb` / :func:`rgb2id` are panopticapi's segment-id colour encoding.
+
+Needs numpy and pycocotools only (no detectron2): the shapes generator writes its annotations
+with it in the detectron2-free environment.
 """
 
-from typing import Dict, List, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
+import pycocotools.mask as mask_util
 
 # The four sides of pixel (x, y), each as a directed edge between two of its corners, in
 # clockwise order on screen (y points down), so the pixel lies on the right of every edge:
@@ -126,32 +134,122 @@ def mask_to_polygons(mask: np.ndarray) -> Tuple[List[List[float]], bool]:
     return polygons, has_holes
 
 
-def encode_rle(mask: np.ndarray) -> Dict[str, Union[List[int], str]]:
-    """pycocotools' compressed RLE of a mask: ``{"size": [H, W], "counts": str}``.
+def encode_rle(mask: np.ndarray) -> Dict[str, Any]:
+    """pycocotools' compressed RLE of an ``(H, W)`` mask: ``{"size": [H, W], "counts": str}``.
 
-    Runs are counted in column-major order starting with a (possibly empty) run of zeros; the
-    string is pycocotools' LEB128-like code (5 bits a character, offset 48, each count after
-    the third stored as the difference to the count two before).
+    ``counts`` is a ``str`` (pycocotools gives ``bytes``) so that the RLE can be written to JSON.
     """
     mask = _as_binary_mask(mask)
-    height, width = mask.shape
-    flat = mask.reshape(-1, order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    characters = []
-    for index, count in enumerate(counts):
-        value = count - counts[index - 2] if index > 2 else count
-        more = True
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(side) for side in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+# pycocotools reads a truncated compressed RLE string past its end, decodes an RLE whose runs do
+# not cover the mask into uninitialised memory, and loops or crashes on non-finite or huge
+# polygon coordinates: these checks run before any segmentation reaches it.
+
+
+def compressed_rle_counts(counts: bytes) -> List[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``).
+
+    Raises ``ValueError`` when the string ends inside a number. pycocotools itself reads past the
+    end in that case, and decodes an RLE whose runs do not cover the mask into uninitialised
+    memory, which is why :func:`coco_segmentation_to_mask` checks the runs first.
+    """
+    runs: List[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
         while more:
-            chunk = value & 0x1F
-            value >>= 5  # arithmetic shift: negative differences end in a run of ones
-            more = value != -1 if chunk & 0x10 else value != 0
-            if more:
-                chunk |= 0x20
-            characters.append(chr(chunk + 48))
-    return {"size": [height, width], "counts": "".join(characters)}
+            if position >= len(counts):
+                raise ValueError("the compressed RLE string ends inside a number")
+            chunk = counts[position] - 48
+            value |= (chunk & 0x1F) << (5 * shift)
+            more = bool(chunk & 0x20)
+            position += 1
+            shift += 1
+            if not more and chunk & 0x10:
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def check_rle_runs(runs: Sequence[Any], height: int, width: int, where: str) -> None:
+    """Raise unless ``runs`` are non-negative integers covering exactly ``height * width`` pixels."""
+    if any(not isinstance(r, (int, np.integer)) or r < 0 for r in runs):
+        raise ValueError(f"RLE of {where} has negative or non-integer run lengths")
+    if sum(int(r) for r in runs) != height * width:
+        raise ValueError(
+            f"RLE of {where} covers {sum(int(r) for r in runs)} pixels, but the image has "
+            f"{height} x {width} = {height * width}"
+        )
+
+
+def check_polygon(polygon: Sequence[Any], height: int, width: int, where: str) -> None:
+    """Raise unless a polygon's coordinates are finite and at most one image size outside the image.
+
+    pycocotools' rasteriser loops or crashes the process on NaN / inf coordinates and on huge ones
+    (1e8 segfaults), so they must never reach it; a polygon that far out is a broken annotation.
+    """
+    coordinates = np.asarray(polygon, dtype=np.float64)
+    if not np.isfinite(coordinates).all():
+        raise ValueError(f"Polygon of {where} has non-finite coordinates")
+    xs, ys = coordinates[0::2], coordinates[1::2]
+    if xs.min() < -width or xs.max() > 2 * width or ys.min() < -height or ys.max() > 2 * height:
+        raise ValueError(
+            f"Polygon of {where} reaches x in [{xs.min():g}, {xs.max():g}], y in "
+            f"[{ys.min():g}, {ys.max():g}], far outside the {width} x {height} (W x H) image"
+        )
+
+
+def coco_segmentation_to_mask(
+    segmentation, height: int, width: int, file_name: str, annotation_index: int
+) -> np.ndarray:
+    """Decode a COCO ``segmentation`` (polygons, uncompressed or compressed RLE) to ``(H, W)`` bool.
+
+    Degenerate polygons are skipped, as Detectron2's ``load_coco_json`` skips them: fewer than 3
+    points (COCO has a few) or an odd number of coordinates; a polygon of zero area rasterises to
+    an empty mask, which the mappers drop. Raises ``ValueError`` naming the image file and the
+    annotation index for a polygon with non-finite coordinates or far outside the image (see
+    :func:`check_polygon`), and for an RLE whose ``size`` is not the image's or whose runs do not
+    cover it exactly (pycocotools would return uninitialised memory).
+    """
+    where = f"annotation #{annotation_index} of {file_name!r}"
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+        for polygon in polygons:
+            check_polygon(polygon, height, width, where)
+        if not polygons:
+            return np.zeros((height, width), dtype=bool)
+        rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation, dict):
+        if list(segmentation.get("size", [])) != [height, width]:
+            raise ValueError(
+                f"RLE of {where} has size {segmentation.get('size')}, but the image is "
+                f"{[height, width]} (H, W)"
+            )
+        counts = segmentation.get("counts")
+        if isinstance(counts, list):
+            check_rle_runs(counts, height, width, where)
+            rle = mask_util.frPyObjects(segmentation, height, width)
+        elif isinstance(counts, (str, bytes)):
+            encoded = counts.encode("ascii") if isinstance(counts, str) else counts
+            try:
+                runs = compressed_rle_counts(encoded)
+            except ValueError as error:
+                raise ValueError(f"RLE of {where}: {error}") from error
+            check_rle_runs(runs, height, width, where)
+            rle = {"size": [height, width], "counts": encoded}
+        else:
+            raise TypeError(f"RLE of {where} has counts of type {type(counts).__name__}")
+    else:
+        raise TypeError(
+            f"{where} has a segmentation of type {type(segmentation).__name__}; "
+            "expected a list of polygons or an RLE dict"
+        )
+    return mask_util.decode(rle).astype(bool)
 
 
 def mask_bbox(mask: np.ndarray) -> List[int]:
@@ -162,6 +260,12 @@ def mask_bbox(mask: np.ndarray) -> List[int]:
     if len(ys) == 0:
         raise ValueError("mask_bbox: the mask is empty")
     return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+
+
+# panopticapi has id2rgb / rgb2id too, but it is not installed in the detectron2-free
+# environment (panopticapi-lite pins numpy < 2), where the shapes generator writes panoptic PNGs;
+# the mappers, which run with detectron2 only, use panopticapi's rgb2id. This id2rgb also rejects
+# ids outside [0, 256^3), which panopticapi's wraps around silently.
 
 
 def id2rgb(segment_ids: np.ndarray) -> np.ndarray:

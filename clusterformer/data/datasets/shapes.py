@@ -28,7 +28,7 @@ renamed into place once complete, under an exclusive file lock, so that concurre
 (DDP workers) wait for one generation. A different generator version or parameters trigger a
 new generation. Command line: ``python -m clusterformer.data.datasets.shapes --root DIR``.
 
-This module needs numpy and Pillow only (no detectron2, no pycocotools).
+This module needs numpy, Pillow and pycocotools only (no detectron2).
 """
 
 import argparse

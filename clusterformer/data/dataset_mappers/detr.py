@@ -2,49 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
-from .augmentations import build_detr_augmentations
-from .augmentations_from_config import lsj_augmentations_from_config
-from .augmented_sample import add_training_outputs, augment_and_pad
-from .dataset_info import num_classes_for_training
-from .instance_annotations import (
+from .augmentations import detection_augmentations_from_config
+from .base import (
+    DatasetMapperBase,
+    add_training_outputs,
+    augment_and_pad,
+    num_classes_for_training,
+    register_mapper,
+)
+from .targets import (
     annotation_classes,
     pop_instance_annotations,
     transform_annotation_boxes,
     transform_annotation_masks,
 )
-from .mapper_base import DatasetMapperBase
-from .registry import register_mapper
-
-DETECTION_AUGMENTATIONS = ("detr", "lsj")
-
-
-def detection_augmentations_from_config(cfg: CfgNode) -> List[T.Augmentation]:
-    """``INPUT.DETECTION_AUGMENTATION``: "detr" (multi-scale, DINO's COCO recipe) or "lsj"."""
-    recipe = cfg.INPUT.DETECTION_AUGMENTATION
-    if recipe == "detr":
-        return build_detr_augmentations(
-            min_size_train=cfg.INPUT.MIN_SIZE_TRAIN,
-            max_size_train=cfg.INPUT.MAX_SIZE_TRAIN,
-            crop_enabled=cfg.INPUT.CROP.ENABLED,
-            crop_type=cfg.INPUT.CROP.TYPE,
-            crop_size=cfg.INPUT.CROP.SIZE,
-            pre_crop_min_sizes=cfg.INPUT.DETR_PRE_CROP_MIN_SIZES,
-            crop_probability=cfg.INPUT.DETR_CROP_PROBABILITY,
-            random_flip=cfg.INPUT.RANDOM_FLIP,
-        )
-    if recipe == "lsj":
-        return lsj_augmentations_from_config(cfg)
-    raise ValueError(
-        f"INPUT.DETECTION_AUGMENTATION={recipe!r}; expected one of {DETECTION_AUGMENTATIONS}"
-    )
 
 
 @register_mapper("detr_detection")
@@ -62,7 +40,7 @@ class DETRDetectionDatasetMapper(DatasetMapperBase):
     ``padding_mask`` ``(H, W)`` bool (all False unless the recipe pads, as LSJ does); plus the
     metadata keys of the input dict (``annotations`` removed).
 
-    Testing: see :func:`~.inference.map_for_inference`.
+    Testing: see :func:`~.base.map_for_inference`.
     """
 
     CLASS_LIST_KEY = "thing_classes"
@@ -74,7 +52,7 @@ class DETRDetectionDatasetMapper(DatasetMapperBase):
             mask_on: also return ``gt_masks`` (annotations must then carry a ``segmentation``).
             common: ``augmentations`` (applied in order to the image, the boxes and, with
                 ``mask_on``, the masks), ``image_format``, ``num_classes``; see
-                :class:`~.mapper_base.DatasetMapperBase`.
+                :class:`~.base.DatasetMapperBase`.
         """
         self.mask_on = mask_on
         super().__init__(is_train, **common)

@@ -3,49 +3,17 @@
 from __future__ import annotations
 
 import copy
-import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-import numpy as np
-import torch
 from detectron2.config import CfgNode, configurable
 from torchvision.transforms import v2 as T
 
-from .inference_transform import classification_test_ops
-from .mapper_io import read_image_file
-from .registry import register_mapper
+from ..image_io import read_image_file
+from .augmentations import build_classification_train_ops, classification_test_ops, random_erase_
+from .base import CLASSIFICATION_MAPPER_NAME, image_to_chw_tensor, register_mapper
 
 
-def random_erase_(
-    image: torch.Tensor,
-    probability: float,
-    area_range: Tuple[float, float] = (0.02, 1.0 / 3.0),
-    log_aspect_range: Tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
-    max_attempts: int = 10,
-) -> torch.Tensor:
-    """Random Erasing (Zhong et al.) in place on a ``(C, H, W)`` uint8 image, random-pixel fill.
-
-    torchvision's RandomErasing fills with N(0, 1) values, meant for normalised float images; on
-    uint8 they would wrap around, so this version draws uniform 0..255 noise instead.
-    """
-    if probability <= 0 or torch.rand(()) >= probability:
-        return image
-    _, H, W = image.shape
-    for _ in range(max_attempts):
-        area = H * W * float(torch.empty(()).uniform_(*area_range))
-        aspect = math.exp(float(torch.empty(()).uniform_(*log_aspect_range)))
-        h = int(round(math.sqrt(area * aspect)))
-        w = int(round(math.sqrt(area / aspect)))
-        if 0 < h < H and 0 < w < W:
-            top = int(torch.randint(0, H - h + 1, ()))
-            left = int(torch.randint(0, W - w + 1, ()))
-            noise = torch.randint(0, 256, (image.shape[0], h, w), dtype=image.dtype)
-            image[:, top : top + h, left : left + w] = noise
-            break
-    return image
-
-
-@register_mapper("classification")
+@register_mapper(CLASSIFICATION_MAPPER_NAME)
 class ClassificationDatasetMapper:
     """Read an image, augment it, and return ``{"image": (3, H, W) uint8, "label": int, ...}``.
 
@@ -73,11 +41,9 @@ class ClassificationDatasetMapper:
         self.image_format = image_format
         self.random_erasing = random_erasing if is_train else 0.0
         if is_train:
-            ops = [T.RandomResizedCrop(train_crop, scale=tuple(crop_scale), antialias=True)]
-            if horizontal_flip:
-                ops.append(T.RandomHorizontalFlip())
-            if rand_augment_magnitude is not None:
-                ops.append(T.RandAugment(num_ops=2, magnitude=rand_augment_magnitude))
+            ops = build_classification_train_ops(
+                train_crop, crop_scale, horizontal_flip, rand_augment_magnitude
+            )
         else:
             ops = classification_test_ops(test_resize, test_crop)
         self.transform = T.Compose(ops)
@@ -104,8 +70,7 @@ class ClassificationDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         # Augment in RGB (RandAugment's colour ops assume it), convert to the model's order last.
-        image = read_image_file(dataset_dict["file_name"], "RGB")
-        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        image = image_to_chw_tensor(read_image_file(dataset_dict["file_name"], "RGB"))
         image = self.transform(image)
         image = random_erase_(image, self.random_erasing)
         if self.image_format == "BGR":
