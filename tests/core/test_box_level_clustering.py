@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from clusterformer.modeling.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
+from clusterformer.modeling.clustering import e_step
 from clusterformer.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 from clusterformer.modeling.transformer_decoder import (
     ClusteringTransformerDecoder,
     box_assignment_restriction,
-    clustering_assignment,
     mask_assignment_restriction,
     refine_boxes,
     release_empty_restrictions,
@@ -99,7 +99,15 @@ def test_e_step_gives_no_mass_outside_a_query_box(size):
     n = size[0] * size[1]
     centres = torch.randn(2, HEADS, boxes.shape[1], 8, generator=g)
     keys = torch.randn(2, HEADS, n, 8, generator=g)
-    assignment = clustering_assignment(centres, keys, allowed, scale=0.35)
+    # The decoder's E-step under a restriction: pairs it excludes, pixels no query takes dropped.
+    assignment = e_step(
+        centres,
+        keys.transpose(-2, -1),
+        0.35,
+        "clusters",
+        ~allowed[:, None],
+        allowed.any(1)[:, None, None],
+    )
     outside = ~box_assignment_restriction(boxes, size)[:, None].expand_as(assignment)
     assert outside.any() and (assignment[outside] == 0).all()
     # Every token some box covers still distributes one unit of mass.

@@ -5,12 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clusterformer.modeling.clustering import e_step
 from clusterformer.modeling.transformer_decoder import (
     ClusteringCrossAttention,
     ClusteringTransformerDecoder,
     MaskedCrossAttention,
-    cluster_means,
-    clustering_assignment,
     mask_assignment_restriction,
     release_empty_restrictions,
 )
@@ -65,32 +64,6 @@ def test_clustering_layer_matches_naive_loops():
     assert weights.shape == (2, Q, 15) and weights.dtype == torch.float32
 
 
-def test_assignment_softmax_over_queries_and_masking_rule():
-    queries, pixels, _, _, allowed = _inputs()
-    q = queries.view(2, Q, HEADS, -1).transpose(1, 2).requires_grad_(True)
-    k = pixels.view(2, 15, HEADS, -1).transpose(1, 2)
-    assign = clustering_assignment(q, k, allowed, scale=0.5)
-    column_mass = assign.sum(dim=2)  # (B, M, N)
-    some_query = allowed.any(dim=1)[:, None].expand_as(column_mass)
-    assert torch.allclose(column_mass[some_query], torch.ones(()), atol=1e-6)
-    assert (column_mass[~some_query] == 0).all() and (~some_query).any()
-    assert (assign[~allowed[:, None].expand_as(assign)] == 0).all()
-    # Gradients stay finite through fully excluded pixels.
-    assign.square().sum().backward()
-    assert torch.isfinite(q.grad).all()
-    # Unrestricted: a plain softmax over the query axis.
-    free = clustering_assignment(q, k, None, scale=0.5)
-    assert torch.allclose(free, (torch.einsum("bmqd,bmnd->bmqn", q, k) * 0.5).softmax(dim=2))
-
-
-def test_cluster_means_are_weighted_means_with_empty_guard():
-    assign = torch.tensor([[[[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.2, 0.0, 0.6]]]])
-    values = torch.tensor([[[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]]])
-    means = cluster_means(assign, values)
-    expected = torch.tensor([[[[2.0, 3.0], [0.0, 0.0], [(0.2 + 3.0) / 0.8, (0.4 + 3.6) / 0.8]]]])
-    assert torch.allclose(means, expected)
-
-
 def test_masked_attention_weights_and_fused_paths_agree():
     layer = MaskedCrossAttention(C, HEADS)
     queries, pixels, query_pos, pixel_pos, allowed = _inputs()
@@ -121,10 +94,8 @@ def test_clustering_under_bfloat16_autocast_matches_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, weights = layer(queries, pixels, query_pos, pixel_pos, allowed, return_weights=True)
         q = torch.randn(2, HEADS, Q, 8).bfloat16()
-        assert (
-            clustering_assignment(q, torch.randn(2, HEADS, 15, 8).bfloat16(), allowed, 0.3).dtype
-            == torch.float32
-        )
+        keys_t = torch.randn(2, HEADS, 8, 15).bfloat16()
+        assert e_step(q, keys_t, 0.3, "clusters", ~allowed[:, None]).dtype == torch.float32
     assert weights.dtype == torch.float32
     assert torch.allclose(weights, ref_w, atol=3e-2)
     assert torch.allclose(out.float(), ref_out, atol=6e-2)

@@ -13,7 +13,6 @@ All clustering arithmetic (from the window partition to the dispatched tokens) r
 projections.
 """
 
-import contextlib
 import math
 from typing import List, Optional, Tuple
 
@@ -21,6 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..clustering import (
+    ASSIGNMENT_SOFTMAX_AXES,
+    MSTEP_NORMALIZATIONS,
+    autocast_disabled,
+    e_step,
+    m_step,
+)
 from .windows import (
     PointwiseConv2d,
     WindowGeometry,
@@ -32,22 +38,23 @@ from .windows import (
 )
 
 TEMPERATURES = ("none", "inv_sqrt_dim")
-MSTEP_NORMALIZATIONS = ("mean", "sum")
-ASSIGNMENT_SOFTMAX_AXES = ("clusters", "tokens")
 DISPATCH_MODES = ("soft", "hard")
+
+__all__ = [
+    "ASSIGNMENT_SOFTMAX_AXES",
+    "DISPATCH_MODES",
+    "MSTEP_NORMALIZATIONS",
+    "TEMPERATURES",
+    "ClusteringMixer",
+    "FeatureDispatch",
+    "RecurrentClusteringAttention",
+    "autocast_disabled",
+]
 
 
 def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
-
-
-def autocast_disabled(device: torch.device):
-    """A context with autocast off for ``device`` (a no-op for device types autocast lacks)."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except RuntimeError:
-        return contextlib.nullcontext()
 
 
 class RecurrentClusteringAttention(nn.Module):
@@ -61,7 +68,10 @@ class RecurrentClusteringAttention(nn.Module):
 
     M-step: ``C = A V / A.sum(tokens)`` ("mean": each centre is the assignment-weighted mean of the
     values) or ``C = A V`` ("sum", the first code upload). With the token-axis softmax the two are
-    the same (columns of A sum to 1), so no division is done.
+    the same (rows of A sum to 1), so no division is done.
+
+    Both steps are :func:`~clusterformer.modeling.clustering.e_step` and
+    :func:`~clusterformer.modeling.clustering.m_step`, the decoder's too.
     """
 
     def __init__(
@@ -107,24 +117,15 @@ class RecurrentClusteringAttention(nn.Module):
         weight = self.centre_proj.weight.to(keys.dtype)
         bias = self.centre_proj.bias.to(keys.dtype)
         valid_k = None if valid is None else valid.unsqueeze(-2)  # (..., 1, N)
+        # Token-axis rows already sum to 1 over the valid tokens: "mean" needs no division.
+        normalization = self.mstep_normalization if self.assignment_softmax == "clusters" else "sum"
         assignments: List[Tensor] = []
         for _ in range(self.iterations):
             query = F.linear(centres, weight, bias)
-            if self.scale != 1.0:
-                query = query * self.scale  # scaling (K, d) is cheaper than scaling (K, N)
-            logits = torch.matmul(query, keys_t)  # (..., K, N)
-            if self.assignment_softmax == "clusters":
-                assignment = logits.softmax(dim=-2)
-                if valid_k is not None:
-                    assignment = assignment * valid_k
-            else:
-                if valid_k is not None:
-                    logits = logits.masked_fill(~valid_k, float("-inf"))
-                assignment = logits.softmax(dim=-1)
-            centres = torch.matmul(assignment, values)  # (..., K, d)
-            if self.mstep_normalization == "mean" and self.assignment_softmax == "clusters":
-                mass = assignment.sum(dim=-1, keepdim=True)
-                centres = centres / mass.clamp(min=self.eps)
+            assignment = e_step(
+                query, keys_t, self.scale, self.assignment_softmax, valid=valid_k
+            )  # (..., K, N)
+            centres = m_step(assignment, values, normalization, self.eps)  # (..., K, d)
             assignments.append(assignment)
         return centres, assignments
 

@@ -9,8 +9,6 @@ from .clustering_decoder import ClusteringTransformerDecoder, MaskClassification
 from .cross_attention import (
     ClusteringCrossAttention,
     MaskedCrossAttention,
-    cluster_means,
-    clustering_assignment,
     release_empty_restrictions,
 )
 from .position_encoding import PositionEmbeddingSine
@@ -25,8 +23,6 @@ __all__ = [
     "PositionEmbeddingSine",
     "PredictionHeads",
     "box_assignment_restriction",
-    "cluster_means",
-    "clustering_assignment",
     "mask_assignment_restriction",
     "refine_boxes",
     "release_empty_restrictions",

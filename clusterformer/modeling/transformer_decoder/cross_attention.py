@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..clustering import append_mass_column, e_step, m_step
+
 
 def release_empty_restrictions(allowed: Tensor) -> Tensor:
     """Lift the restriction of every query that allows no pixel at all (Mask2Former's rule).
@@ -65,77 +67,6 @@ def _check_inputs(queries: Tensor, pixels: Tensor, allowed: Optional[Tensor], na
             f"{name}: allowed must be a bool tensor of shape {(B, Q, N)}, got {allowed.dtype} "
             f"{tuple(allowed.shape)}"
         )
-
-
-def _centre_softmax(
-    centre_queries: Tensor, pixel_keys_t: Tensor, excluded: Optional[Tensor], scale: float
-) -> Tensor:
-    """The E-step's softmax over the centre axis, in fp32 (call with autocast off).
-
-    Args:
-        centre_queries: ``(B, M, Q, d)``.
-        pixel_keys_t: ``(B, M, d, N)`` fp32, the keys transposed.
-        excluded: ``(B, 1, Q, N)`` bool, True where a centre may not take a pixel, or ``None``.
-        scale: logit scale; applied to the ``(Q, d)`` queries, cheaper than to ``(Q, N)``.
-
-    Returns:
-        ``(B, M, Q, N)``. Excluded entries get a finite fill (not -inf), so a pixel excluded by
-        every centre gets a finite (uniform) softmax and gradient; callers take such pixels out
-        of the update. The fill is in place: the product that made the logits does not need
-        them for its backward.
-    """
-    logits = torch.matmul(centre_queries.float() * scale, pixel_keys_t)
-    if excluded is not None:
-        logits = logits.masked_fill_(excluded, torch.finfo(logits.dtype).min)
-    return logits.softmax(dim=2)
-
-
-def clustering_assignment(
-    centre_queries: Tensor, pixel_keys: Tensor, allowed: Optional[Tensor], scale: float
-) -> Tensor:
-    """E-step: soft assignment of every pixel to the centres, softmax over the CENTRE axis.
-
-    ``A[b, m, q, n] = R[b, q, n] exp(s_qn) / sum_q' R[b, q', n] exp(s_q'n)`` with
-    ``s_qn = scale * <centre_queries[q], pixel_keys[n]>`` and ``R`` the restriction (1 if absent).
-    A pixel that no centre allows gets ``A[:, :, :, n] = 0``: it takes no part in this update.
-    Computed in fp32 whatever the autocast state. (:class:`ClusteringCrossAttention` fuses this
-    with the M-step; this is the assignment on its own, for analysis and tests.)
-
-    Args:
-        centre_queries: ``(B, M, Q, d)``.
-        pixel_keys: ``(B, M, N, d)``.
-        allowed: ``(B, Q, N)`` bool or ``None``.
-        scale: logit scale (``1 / sqrt(d)``).
-
-    Returns:
-        ``(B, M, Q, N)`` fp32.
-    """
-    with torch.autocast(device_type=centre_queries.device.type, enabled=False):
-        keys_t = pixel_keys.float().transpose(-2, -1)
-        if allowed is None:
-            return _centre_softmax(centre_queries, keys_t, None, scale)
-        excluded = ~allowed[:, None]
-        return _centre_softmax(centre_queries, keys_t, excluded, scale).masked_fill(excluded, 0.0)
-
-
-def cluster_means(assignment: Tensor, pixel_values: Tensor, eps: float = 1e-6) -> Tensor:
-    """M-step: each centre's assignment-weighted mean of the pixel values, in fp32.
-
-    ``U[q] = sum_n A[q, n] v_n / max(sum_n A[q, n], eps)``: an exact weighted mean for any centre
-    holding at least ``eps`` pixels' worth of mass; a (near-)empty cluster gets a (near-)zero
-    update instead of a division by zero.
-
-    Args:
-        assignment: ``(B, M, Q, N)``.
-        pixel_values: ``(B, M, N, d)``.
-
-    Returns:
-        ``(B, M, Q, d)`` fp32.
-    """
-    with torch.autocast(device_type=assignment.device.type, enabled=False):
-        assignment = assignment.float()
-        mass = assignment.sum(dim=-1, keepdim=True).clamp_min(eps)
-        return torch.matmul(assignment, pixel_values.float()) / mass
 
 
 class QueryPixelAttention(nn.Module):
@@ -190,6 +121,9 @@ class ClusteringCrossAttention(QueryPixelAttention):
         U = (A V) / A.sum(n)                          M-step, fp32     (B, M, Q, d)
         C_{t+1} = LN(C_t + Dropout(W_o concat_m U))                    (B, Q, C)
 
+    The E- and M-step are :func:`~clusterformer.modeling.clustering.e_step` and
+    :func:`~clusterformer.modeling.clustering.m_step`, the backbone's too.
+
     Unlike ordinary (masked) cross-attention, which normalises each query's weights over the
     pixels, every pixel here distributes one unit of mass over the centres it is allowed to join,
     so centres compete for pixels (k-means-like); the M-step then averages the values of the pixels
@@ -233,21 +167,14 @@ class ClusteringCrossAttention(QueryPixelAttention):
         query allows, 0 elsewhere)."""
         _check_inputs(queries, pixels, allowed, type(self).__name__)
         keys, values = self.pixel_keys_and_values(pixels, pixel_pos)
-        with torch.autocast(device_type=queries.device.type, enabled=False):
-            keys_t = keys.float().transpose(-2, -1)  # (B, M, d, N)
-            values = values.float()
-            # The M-step's numerator and mass come from one product: the values with a column
-            # of pixel weights appended, 1 for a pixel some centre allows and 0 (values zeroed
-            # too) for one no centre allows, which takes no part in the update.
-            excluded = joined = None
-            if allowed is None:
-                weight_column = values.new_ones(values.shape[:-1] + (1,))
-            else:
-                excluded = ~allowed[:, None]  # (B, 1, Q, N)
-                joined = allowed.any(dim=1)[:, None, :, None].float()  # (B, 1, N, 1)
-                values = values * joined
-                weight_column = joined.expand(values.shape[:-1] + (1,))
-            values_and_weight = torch.cat([values, weight_column], dim=-1)  # (B, M, N, d + 1)
+        keys_t = keys.float().transpose(-2, -1)  # (B, M, d, N)
+        # A pixel no centre allows gets weight 0 in the M-step (its values zeroed too), so it
+        # takes no part in the update; its E-step column is left uniform.
+        excluded = joined = None
+        if allowed is not None:
+            excluded = ~allowed[:, None]  # (B, 1, Q, N)
+            joined = allowed.any(dim=1)[:, None, :, None].float()  # (B, 1, N, 1)
+        values_and_weight = append_mass_column(values.float(), joined)  # (B, M, N, d + 1)
         centres = queries
         assignment = None
         for _ in range(self.iterations):
@@ -255,12 +182,9 @@ class ClusteringCrossAttention(QueryPixelAttention):
             centre_q = _split_heads(
                 self.q_proj(normed if query_pos is None else normed + query_pos), self.n_heads
             )
-            with torch.autocast(device_type=queries.device.type, enabled=False):
-                # E-step: softmax over the centres.
-                assignment = _centre_softmax(centre_q, keys_t, excluded, self.scale)
-                # M-step: assignment-weighted means of the values (fp32).
-                summed = torch.matmul(assignment, values_and_weight)  # (B, M, Q, d + 1)
-                means = summed[..., :-1] / summed[..., -1:].clamp_min(self.eps)
+            # fp32 E-step (softmax over the centres) and M-step (assignment-weighted means).
+            assignment = e_step(centre_q.float(), keys_t, self.scale, "clusters", excluded)
+            means = m_step(assignment, values_and_weight, "mean", self.eps, mass_column=True)
             update = self.out_proj(_merge_heads(means).to(centre_q.dtype))
             centres = centres + self.dropout(update)
             if not self.pre_norm:
