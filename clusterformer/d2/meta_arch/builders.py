@@ -9,6 +9,9 @@ is built, so that every parameter receives a gradient (DDP with ``find_unused_pa
 | segmentation | True | False | class, mask | FPN + mask features | labels, masks |
 | instance segmentation with boxes | True | True | class, mask, box | FPN + mask features | labels, masks, boxes |
 | detection | False | True | class, box | encoder levels only | labels, boxes |
+
+:func:`validate_config` checks the task switches once, where the config enters
+(``ClusterFormer.from_config``); the builders below and the modules they build trust it.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from ...modeling.transformer_decoder import ClusteringTransformerDecoder
 FOCAL_CLASS_PRIOR_PROB = 0.01
 
 
-def check_task_switches(cfg: CfgNode) -> None:
-    """Raise on a combination of heads, outputs and class loss the model cannot honour."""
+def validate_config(cfg: CfgNode) -> None:
+    """Raise ``ValueError`` on a combination of heads (``MASK_ON`` / ``BOX_ON``), outputs
+    (``TEST.*_ON``) and class loss the ``ClusterFormer`` model cannot honour. The one check of
+    these keys: ``ClusterFormer.from_config`` runs it before building anything."""
     d = cfg.MODEL.CLUSTER_DECODER
     test = d.TEST
     if not (d.MASK_ON or d.BOX_ON):
@@ -74,7 +79,7 @@ def build_pixel_decoder(cfg: CfgNode, backbone: Backbone) -> MSDeformAttnPixelDe
     if missing:
         raise ValueError(
             f"MODEL.SEM_SEG_HEAD.IN_FEATURES asks for {missing}, but the backbone only outputs "
-            f"{sorted(shapes)} (check MODEL.CLUSTERFORMER.OUT_FEATURES)"
+            f"{sorted(shapes)} (check MODEL.CLUSTERFORMER_BACKBONE.OUT_FEATURES)"
         )
     encoder_features = list(h.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES)
     if not mask_on:
@@ -83,7 +88,7 @@ def build_pixel_decoder(cfg: CfgNode, backbone: Backbone) -> MSDeformAttnPixelDe
             raise ValueError(
                 "MODEL.CLUSTER_DECODER.MASK_ON=False (detection) reads only the encoder levels "
                 f"{encoder_features}, but the backbone also outputs {unread}, whose parameters "
-                "would get no gradient (DDP fails); set MODEL.CLUSTERFORMER.OUT_FEATURES and "
+                "would get no gradient (DDP fails); set MODEL.CLUSTERFORMER_BACKBONE.OUT_FEATURES and "
                 f"MODEL.SEM_SEG_HEAD.IN_FEATURES to {encoder_features}"
             )
     return MSDeformAttnPixelDecoder(
@@ -139,9 +144,8 @@ def build_transformer_decoder(cfg: CfgNode) -> ClusteringTransformerDecoder:
 def build_criterion(cfg: CfgNode) -> SetCriterion:
     """Matcher costs and loss weights from ``MODEL.CLUSTER_DECODER`` (the same numbers): class
     (softmax CE or sigmoid focal), mask BCE + Dice when ``MASK_ON``, box L1 + GIoU when
-    ``BOX_ON``."""
+    ``BOX_ON``. ``cfg`` has passed :func:`validate_config`."""
     d = cfg.MODEL.CLUSTER_DECODER
-    check_task_switches(cfg)
     focal = d.CLASS_LOSS == "sigmoid_focal"
     matcher = HungarianMatcher(
         cost_class=d.CLASS_WEIGHT,

@@ -35,7 +35,7 @@ from .builders import (
     build_criterion,
     build_pixel_decoder,
     build_transformer_decoder,
-    check_task_switches,
+    validate_config,
 )
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "build_pixel_decoder",
     "build_transformer_decoder",
     "thing_ids_from_metadata",
+    "validate_config",
 ]
 
 
@@ -79,6 +80,15 @@ class ClusterFormer(ClusterFormerSegmenter):
     without masks: ``pred_boxes``, ``scores``, ``pred_classes``), and ``cluster_assignment``
     ``(Q, h, w)`` (the decoder's last E-step assignment of pixels to queries at the level it was
     computed, padding cropped) when the decoder clusters.
+
+    ``forward(batched_inputs, return_cluster_ids=True)`` (inference with a ClusterFormer backbone)
+    adds what cluster maps are drawn from, per image: ``cluster_ids`` ``{stage: StageClusterIds}``
+    (ids ``(heads, ceil(h / s), ceil(w / s))`` int64 over the image's ``(h, w)`` model input, the
+    hard clusters of each backbone stage's last block; with the stage's stride and centres per
+    window), ``query_logits`` ``(Q, K + 1)`` (the final class logits of the queries),
+    ``estep_query_logits`` ``(Q, K + 1)`` (those of the previous decoder layer, the centres the
+    last E-step started from; absent without auxiliary outputs) and, with ``cluster_assignment``,
+    ``cluster_assignment_stride`` (int, its stride over the model input).
     """
 
     @configurable
@@ -106,19 +116,20 @@ class ClusterFormer(ClusterFormerSegmenter):
         instance_largest_component: bool = False,
     ):
         """
+        The arguments are trusted: :meth:`from_config` validates the config they come from
+        (:func:`~.builders.validate_config`); explicit callers pass a consistent set.
+
         Args:
-            mask_on, box_on: what the decoder predicts (``pred_masks``, ``pred_boxes``).
+            mask_on, box_on: what the decoder predicts (``pred_masks``, ``pred_boxes``); the
+                semantic, panoptic and instance outputs need ``mask_on``.
             detection_on: return box detections as ``instances`` (when ``instance_on`` does not
-                already return instances, which then carry the predicted boxes).
+                already return instances, which then carry the predicted boxes); needs
+                ``box_on``.
             class_activation: ``"softmax"`` or ``"sigmoid"`` (focal-loss models) class scores.
             instance_largest_component: instance masks (and the boxes taken from them) keep only
                 their largest connected region (``instance_inference``).
         """
         super().__init__(backbone, pixel_decoder, transformer_decoder)
-        if not mask_on and (semantic_on or panoptic_on or instance_on):
-            raise ValueError("ClusterFormer: semantic/panoptic/instance outputs need mask_on")
-        if detection_on and not box_on:
-            raise ValueError("ClusterFormer: detection_on needs box_on")
         self.criterion = criterion
         self.size_divisibility = size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -138,7 +149,8 @@ class ClusterFormer(ClusterFormerSegmenter):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
-        check_task_switches(cfg)
+        # Where the config enters: validated once, before anything is built.
+        validate_config(cfg)
         backbone = build_backbone(cfg)
         d = cfg.MODEL.CLUSTER_DECODER
         test = d.TEST
@@ -199,9 +211,11 @@ class ClusterFormer(ClusterFormerSegmenter):
             images.append((image.to(self.device).float() - self.pixel_mean) / self.pixel_std)
         return ImageList.from_tensors(images, self.size_divisibility)
 
-    def forward(self, batched_inputs: List[Dict[str, Any]]):
+    def forward(self, batched_inputs: List[Dict[str, Any]], return_cluster_ids: bool = False):
+        if return_cluster_ids and self.training:
+            raise ValueError("ClusterFormer: return_cluster_ids is an inference option (eval mode)")
         images = self.preprocess_images(batched_inputs)
-        outputs = self.predict(images.tensor)
+        outputs = self.predict(images.tensor, return_cluster_ids=return_cluster_ids)
         if self.training:
             missing = [
                 x.get("file_name", i) for i, x in enumerate(batched_inputs) if "instances" not in x
@@ -308,8 +322,29 @@ class ClusterFormer(ClusterFormerSegmenter):
                 h = -(-image_size[0] // int(stride_h))
                 w = -(-image_size[1] // int(stride_w))
                 result["cluster_assignment"] = assignment[i, :, :h, :w]
+            if "backbone_cluster_ids" in outputs:
+                result.update(self._cluster_outputs(outputs, i, image_size))
+                if assignment is not None:
+                    result["cluster_assignment_stride"] = int(stride_h)
             results.append(result)
         return results
+
+    @staticmethod
+    def _cluster_outputs(outputs: Dict[str, Any], i: int, image_size) -> Dict[str, Any]:
+        """Image ``i``'s ``cluster_ids`` (padding cropped), ``query_logits`` and
+        ``estep_query_logits`` (see the class docstring)."""
+        cluster_ids = {}
+        for name, stage in outputs["backbone_cluster_ids"].items():
+            h = -(-image_size[0] // stage.stride)
+            w = -(-image_size[1] // stage.stride)
+            cluster_ids[name] = stage._replace(ids=stage.ids[i, :, :h, :w])
+        result: Dict[str, Any] = {
+            "cluster_ids": cluster_ids,
+            "query_logits": outputs["pred_logits"][i],
+        }
+        if outputs.get("aux_outputs"):
+            result["estep_query_logits"] = outputs["aux_outputs"][-1]["pred_logits"][i]
+        return result
 
     @staticmethod
     def _to_instances(pred: Dict[str, Tensor], image_size) -> Instances:
