@@ -1,7 +1,7 @@
 """Detectron2 layer of the backbone: ``D2ClusterFormer`` in ``BACKBONE_REGISTRY``.
 
 Select it with ``MODEL.BACKBONE.NAME: "D2ClusterFormer"``; its architecture comes from
-``MODEL.CLUSTERFORMER.*`` (see ``add_backbone_config`` in clusterformer/d2/config.py).
+``MODEL.CLUSTERFORMER_BACKBONE.*`` (see ``add_backbone_config`` in clusterformer/d2/config.py).
 
 Input convention (as Mask2Former's ``D2SwinTransformer``): the meta-architecture normalises the
 images with ``MODEL.PIXEL_MEAN`` / ``MODEL.PIXEL_STD`` and pads them to ``size_divisibility`` (32);
@@ -28,7 +28,7 @@ class D2ClusterFormer(ClusterFormerBackbone, Backbone):
 
     Built by ``build_backbone(cfg)`` (arguments ``cfg, input_shape``) or from the explicit keyword
     arguments of :class:`ClusterFormerBackbone`. ``forward(images)`` returns
-    ``{name: (B, C, ceil(H / stride), ceil(W / stride))}`` for ``MODEL.CLUSTERFORMER.OUT_FEATURES``.
+    ``{name: (B, C, ceil(H / stride), ceil(W / stride))}`` for ``MODEL.CLUSTERFORMER_BACKBONE.OUT_FEATURES``.
     """
 
     @configurable
@@ -37,7 +37,7 @@ class D2ClusterFormer(ClusterFormerBackbone, Backbone):
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> Dict[str, Any]:
-        c = cfg.MODEL.CLUSTERFORMER
+        c = cfg.MODEL.CLUSTERFORMER_BACKBONE
         if cfg.INPUT.FORMAT != "RGB":
             logger.warning(
                 "D2ClusterFormer: INPUT.FORMAT is %r; the project's pretrained ClusterFormer "
@@ -51,8 +51,8 @@ class D2ClusterFormer(ClusterFormerBackbone, Backbone):
             "mlp_ratios": list(c.MLP_RATIOS),
             "head_dim": c.HEAD_DIM,
             "window_size": c.WINDOW_SIZE,
-            "centers_per_window": c.CENTERS_PER_WINDOW,
-            "iterations": c.ITERATIONS,
+            "centers_per_window": c.CENTRES_PER_WINDOW,
+            "iterations": c.CLUSTERING_ITERATIONS,
             "temperature": c.TEMPERATURE,
             "mstep_normalization": c.MSTEP_NORMALIZATION,
             "assignment_softmax": c.ASSIGNMENT_SOFTMAX,

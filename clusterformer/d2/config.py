@@ -2,19 +2,55 @@
 
 Naming follows Mask2Former where the concept is the same (``MODEL.SEM_SEG_HEAD`` for the pixel
 decoder, ``INPUT.DATASET_MAPPER_NAME``, ``SOLVER.BACKBONE_MULTIPLIER``) so its users find their way.
-ClusterFormer-specific parts live in ``MODEL.CLUSTERFORMER`` (the backbone, as ``MODEL.SWIN`` is
-Swin's) and ``MODEL.CLUSTER_DECODER`` (the clustering transformer decoder, matcher, losses and
-inference switches; Mask2Former's ``MODEL.MASK_FORMER``). Every ambiguous choice of the paper is a
-key here; docs/design_choices.md gives the default and the measurement that chose it.
+ClusterFormer-specific parts live in ``MODEL.CLUSTERFORMER_BACKBONE`` (the backbone, as
+``MODEL.SWIN`` is Swin's) and ``MODEL.CLUSTER_DECODER`` (the clustering transformer decoder,
+matcher, losses and inference switches; Mask2Former's ``MODEL.MASK_FORMER``). Every ambiguous
+choice of the paper is a key here; docs/design_choices.md gives the default and the measurement
+that chose it. One spelling throughout: "centre"; one key name for T, ``CLUSTERING_ITERATIONS``
+(backbone and decoder).
+
+Keys renamed since earlier versions are in :data:`RENAMED_KEYS`; config files and command-line
+overrides that use the old names still load, with a warning
+(:func:`clusterformer.d2.config_files.load_config`, docs/migration.md).
 """
+
+from typing import Dict
 
 from detectron2.config import CfgNode as CN
 
+# The backbone's keys whose own name is unchanged (only their node, MODEL.CLUSTERFORMER, was
+# renamed).
+_BACKBONE_KEYS = (
+    "EMBED_DIMS",
+    "DEPTHS",
+    "MLP_RATIOS",
+    "HEAD_DIM",
+    "WINDOW_SIZE",
+    "TEMPERATURE",
+    "MSTEP_NORMALIZATION",
+    "ASSIGNMENT_SOFTMAX",
+    "DISPATCH",
+    "MIXER",
+    "LAYER_SCALE_INIT",
+    "DROP_PATH_RATE",
+    "OUT_FEATURES",
+    "DOWNSAMPLE_KERNEL_SIZE",
+)
+
+# Old config key -> its current name (same value). Merging a config file or command-line
+# overrides moves an old key's value to the new key with a warning; both given is an error.
+RENAMED_KEYS: Dict[str, str] = {
+    **{f"MODEL.CLUSTERFORMER.{k}": f"MODEL.CLUSTERFORMER_BACKBONE.{k}" for k in _BACKBONE_KEYS},
+    "MODEL.CLUSTERFORMER.CENTERS_PER_WINDOW": "MODEL.CLUSTERFORMER_BACKBONE.CENTRES_PER_WINDOW",
+    "MODEL.CLUSTERFORMER.ITERATIONS": "MODEL.CLUSTERFORMER_BACKBONE.CLUSTERING_ITERATIONS",
+}
+
 
 def add_backbone_config(cfg: CN) -> None:
-    """``MODEL.CLUSTERFORMER``: the image-level clustering backbone (docs/method.md §1). Defaults = tiny."""
-    cfg.MODEL.CLUSTERFORMER = CN()
-    c = cfg.MODEL.CLUSTERFORMER
+    """``MODEL.CLUSTERFORMER_BACKBONE``: the image-level clustering backbone (docs/method.md §1).
+    Defaults = tiny."""
+    cfg.MODEL.CLUSTERFORMER_BACKBONE = CN()
+    c = cfg.MODEL.CLUSTERFORMER_BACKBONE
     c.EMBED_DIMS = [96, 192, 384, 768]
     c.DEPTHS = [2, 2, 6, 2]
     c.MLP_RATIOS = [8.0, 8.0, 4.0, 4.0]
@@ -22,9 +58,9 @@ def add_backbone_config(cfg: CN) -> None:
     c.WINDOW_SIZE = 7
     # Centres per window are initialised by adaptive average pooling to a k x k grid (k = 2: 4
     # centres per 7x7 window; the paper's 10x10 exceeds the 49 tokens). Default to be measured.
-    c.CENTERS_PER_WINDOW = 2
-    # T, the recurrent clustering iterations (shared weights).
-    c.ITERATIONS = 3
+    c.CENTRES_PER_WINDOW = 2
+    # T, the recurrent clustering iterations (shared weights); the decoder's T has the same name.
+    c.CLUSTERING_ITERATIONS = 3
     # E-step logit scale: "none" (first code upload) or "inv_sqrt_dim" (1/sqrt(head dim)).
     c.TEMPERATURE = "none"
     # M-step: "mean" (divide by the assignment mass of each centre) or "sum" (first code upload).
@@ -100,6 +136,7 @@ def add_segmentation_config(cfg: CN) -> None:
     d.ENFORCE_INPUT_PROJ = False
     # "clustering" (recurrent cross-attention clustering) or "masked_attention" (Mask2Former).
     d.CROSS_ATTENTION = "clustering"
+    # T of the clustering cross-attention (the backbone's T has the same name).
     d.CLUSTERING_ITERATIONS = 3
     # Assignment restriction: pixels whose previous mask probability (resized to the level) is
     # below the threshold are excluded from a query's clustering / attention (Mask2Former: 0.5).

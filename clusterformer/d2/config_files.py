@@ -13,6 +13,11 @@ each; ``MODEL.MASK_FORMER.DEC_LAYERS`` counts Mask2Former's prediction on the in
 not implement, or a translation that contradicts a ClusterFormer key set in the same chain raise
 :class:`Mask2FormerConfigError` naming the key and the file. ``MODEL.SEM_SEG_HEAD.*``,
 ``INPUT.*``, ``SOLVER.*`` share Mask2Former's names already.
+
+**Renamed keys** (:data:`clusterformer.d2.config.RENAMED_KEYS`, docs/migration.md) are read under
+their new names, from a config file (any file of its ``_BASE_`` chain, a saved run's
+``config.yaml`` included) and from the command line, with a warning naming both; a source that
+sets a key under both names raises :class:`RenamedConfigKeyError`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 from detectron2.config import CfgNode, get_cfg
 
-from .config import add_clusterformer_config
+from .config import RENAMED_KEYS, add_clusterformer_config
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +101,80 @@ def _key_of(error: BaseException) -> Optional[str]:
 def _hint(cfg: CfgNode, key: Optional[str]) -> str:
     suggestions = close_keys(cfg, key) if key else []
     return f" (did you mean {', '.join(suggestions)}?)" if suggestions else ""
+
+
+# ---- renamed keys ------------------------------------------------------------------------------
+
+
+class RenamedConfigKeyError(ValueError):
+    """A config source that sets one key under both its old and its new name."""
+
+
+def _warn_renamed(pairs: List[Tuple[str, str]], where: str) -> None:
+    # One warning a source: a saved run's config.yaml sets every backbone key.
+    logger.warning(
+        'Renamed config keys %s, read under their new names: %s (see "Renamed config keys" '
+        "in docs/migration.md)",
+        where,
+        ", ".join(f"{old} -> {new}" for old, new in pairs),
+    )
+
+
+def translate_renamed_keys(content: Dict[str, Any], config_file: str) -> bool:
+    """Rewrite, in place, the old key names (:data:`RENAMED_KEYS`) of a config file's content
+    (``_BASE_`` chain merged) to the new ones, with a warning for each source; ``True`` when there
+    were any. Where two files of the chain set a key under its two names, the more derived file
+    wins, as ``_BASE_`` overriding does (an old-style config on a current base); one file setting
+    both raises :class:`RenamedConfigKeyError` naming both keys and the file."""
+    flat = _flatten(content)
+    chain = base_chain(config_file)
+
+    def depth(path: str) -> int:  # 0: the most derived file
+        return chain.index(path) if path in chain else len(chain)
+
+    by_source: Dict[str, List[Tuple[str, str]]] = {}
+    for old in [key for key in flat if key in RENAMED_KEYS]:
+        new = RENAMED_KEYS[old]
+        source = file_setting(config_file, old) or config_file
+        _delete(content, old)
+        by_source.setdefault(source, []).append((old, new))
+        if new in flat:
+            other = file_setting(config_file, new) or config_file
+            if other == source:
+                raise RenamedConfigKeyError(
+                    f"config file {source!r} sets both {old} and its new name {new}; keep {new} "
+                    "only (docs/migration.md)"
+                )
+            if depth(other) < depth(source):
+                continue  # the new name, set by a more derived file, stays
+        _set(content, new, flat[old])
+    for source, pairs in by_source.items():
+        _warn_renamed(pairs, f"in config file {source!r}")
+    return bool(by_source)
+
+
+def translate_renamed_opts(opts: Sequence[str]) -> List[str]:
+    """``KEY VALUE`` command-line overrides with the old key names (:data:`RENAMED_KEYS`) replaced
+    by the new ones, with a warning for each; an override given under both names raises
+    :class:`RenamedConfigKeyError` naming both."""
+    opts = list(opts)
+    keys = set(opts[0::2])
+    pairs: List[Tuple[str, str]] = []
+    for i in range(0, len(opts) - 1, 2):
+        old = opts[i]
+        if old not in RENAMED_KEYS:
+            continue
+        new = RENAMED_KEYS[old]
+        if new in keys:
+            raise RenamedConfigKeyError(
+                f"config key {old} given on the command line is the old name of {new}, also "
+                f"given there; keep {new} only (docs/migration.md)"
+            )
+        opts[i] = new
+        pairs.append((old, new))
+    if pairs:
+        _warn_renamed(pairs, "given on the command line")
+    return opts
 
 
 # ---- Mask2Former's key names ------------------------------------------------------------------
@@ -253,7 +332,7 @@ def translate_mask2former_key(
     if dotted_key.startswith("MODEL.SWIN."):
         raise Mask2FormerConfigError(
             f"Mask2Former config key {dotted_key} {where} is not supported: ClusterFormer has no "
-            "Swin backbone (MODEL.CLUSTERFORMER.* configures its backbone; a Mask2Former "
+            "Swin backbone (MODEL.CLUSTERFORMER_BACKBONE.* configures its backbone; a Mask2Former "
             "checkpoint's backbone is skipped, see docs/mask2former_compatibility.md)"
         )
     raise Mask2FormerConfigError(
@@ -326,13 +405,14 @@ def translate_mask2former_config(content: Dict[str, Any], config_file: str) -> b
 
 def merge_config_file(cfg: CfgNode, config_file: str) -> None:
     """``cfg.merge_from_file(config_file)``; an unknown or mistyped key raises ``KeyError`` /
-    ``ValueError`` naming the key and the file of the ``_BASE_`` chain that sets it. Mask2Former
-    key names are translated first (module docstring)."""
+    ``ValueError`` naming the key and the file of the ``_BASE_`` chain that sets it. Renamed and
+    Mask2Former key names are translated first (module docstring)."""
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file {config_file!r} does not exist")
     content = type(cfg).load_yaml_with_base(config_file, allow_unsafe=True)
     try:
-        if translate_mask2former_config(content, config_file):
+        renamed = translate_renamed_keys(content, config_file)
+        if translate_mask2former_config(content, config_file) or renamed:
             # The translated chain, already merged, goes through Detectron2's own file merge
             # (its version handling included) as one file.
             with tempfile.TemporaryDirectory() as folder:
@@ -342,7 +422,7 @@ def merge_config_file(cfg: CfgNode, config_file: str) -> None:
                 cfg.merge_from_file(translated)
         else:
             cfg.merge_from_file(config_file)
-    except Mask2FormerConfigError:
+    except (Mask2FormerConfigError, RenamedConfigKeyError):
         raise
     except (KeyError, ValueError, AssertionError) as error:
         message = error.args[0] if error.args else str(error)
@@ -357,13 +437,14 @@ def merge_config_file(cfg: CfgNode, config_file: str) -> None:
 
 def merge_config_opts(cfg: CfgNode, opts: Sequence[str]) -> None:
     """``cfg.merge_from_list(opts)``; an unknown key raises ``KeyError`` naming it and saying it
-    came from the command line, an odd-length list ``ValueError``. Mask2Former key names are
-    translated (module docstring)."""
+    came from the command line, an odd-length list ``ValueError``. Renamed and Mask2Former key
+    names are translated (module docstring)."""
     opts = list(opts)
     if len(opts) % 2:
         raise ValueError(
             f"Config overrides must be KEY VALUE pairs; got an odd number of items: {opts}"
         )
+    opts = translate_renamed_opts(opts)
     for key, value in zip(opts[0::2], opts[1::2]):
         if is_mask2former_key(key, value):
             pairs = _translate_opt(key, value)
@@ -404,7 +485,9 @@ def _merge_opt(cfg: CfgNode, key: str, value: str) -> None:
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
     """Detectron2's defaults + every ClusterFormer key, then ``config_file``, then ``opts``
-    (``["KEY", "VALUE", ...]``); not frozen. Errors name the key and where it was set."""
+    (``["KEY", "VALUE", ...]``); not frozen. Errors name the key and where it was set; renamed
+    keys are read under their new names (module docstring). Every config file goes through
+    here: the repository's, a user's, and a saved run's ``OUTPUT_DIR/config.yaml``."""
     cfg = get_cfg()
     add_clusterformer_config(cfg)
     if config_file:

@@ -371,11 +371,13 @@ def test_builtin_coco_and_imagenet_name_their_missing_folders(tmp_path, monkeypa
 
 
 def test_unknown_config_keys_name_the_key_and_the_file(tmp_path):
-    (tmp_path / "base.yaml").write_text("MODEL:\n  CLUSTERFORMER:\n    DEPHTS: [1, 1, 1, 1]\n")
+    (tmp_path / "base.yaml").write_text(
+        "MODEL:\n  CLUSTERFORMER_BACKBONE:\n    DEPHTS: [1, 1, 1, 1]\n"
+    )
     (tmp_path / "leaf.yaml").write_text("_BASE_: base.yaml\nSOLVER:\n  MAX_ITER: 3\n")
     with pytest.raises(
         KeyError,
-        match=r"MODEL\.CLUSTERFORMER\.DEPHTS.*base\.yaml.*included by.*leaf\.yaml.*did you mean MODEL\.CLUSTERFORMER\.DEPTHS",
+        match=r"MODEL\.CLUSTERFORMER_BACKBONE\.DEPHTS.*base\.yaml.*included by.*leaf\.yaml.*did you mean MODEL\.CLUSTERFORMER_BACKBONE\.DEPTHS",
     ):
         load_config(str(tmp_path / "leaf.yaml"))
     with pytest.raises(

@@ -269,7 +269,7 @@ def test_missing_and_unexpected_keys_are_warnings(tmp_path, checkpoint_logs):
 def nano_models():
     classifier = Trainer.build_model(load_config(CLS_CONFIG))
     wider = Trainer.build_model(
-        load_config(CLS_CONFIG, ["MODEL.CLUSTERFORMER.EMBED_DIMS", "[48, 64, 128, 256]"])
+        load_config(CLS_CONFIG, ["MODEL.CLUSTERFORMER_BACKBONE.EMBED_DIMS", "[48, 64, 128, 256]"])
     )
     segmenter = Trainer.build_model(load_config(PANOPTIC_CONFIG))
     return classifier, wider, segmenter

@@ -18,7 +18,7 @@ def nano_cfg(**backbone_keys):
     add_clusterformer_config(cfg)
     cfg.MODEL.BACKBONE.NAME = "D2ClusterFormer"
     cfg.INPUT.FORMAT = "RGB"
-    c = cfg.MODEL.CLUSTERFORMER
+    c = cfg.MODEL.CLUSTERFORMER_BACKBONE
     c.EMBED_DIMS = [32, 64, 128, 256]
     c.DEPTHS = [1, 1, 1, 1]
     c.MLP_RATIOS = [2.0, 2.0, 2.0, 2.0]
@@ -58,8 +58,8 @@ def test_output_shape_matches_forward(size):
 def test_cfg_keys_reach_the_modules():
     cfg = nano_cfg(
         WINDOW_SIZE=5,
-        CENTERS_PER_WINDOW=3,
-        ITERATIONS=2,
+        CENTRES_PER_WINDOW=3,
+        CLUSTERING_ITERATIONS=2,
         TEMPERATURE="inv_sqrt_dim",
         MSTEP_NORMALIZATION="sum",
         ASSIGNMENT_SOFTMAX="tokens",
@@ -94,7 +94,7 @@ def test_cfg_keys_reach_the_modules():
 def test_default_cfg_is_tiny():
     cfg = get_cfg()
     add_clusterformer_config(cfg)
-    c = cfg.MODEL.CLUSTERFORMER
+    c = cfg.MODEL.CLUSTERFORMER_BACKBONE
     assert list(c.EMBED_DIMS) == [96, 192, 384, 768] and list(c.DEPTHS) == [2, 2, 6, 2]
     assert list(c.MLP_RATIOS) == [8.0, 8.0, 4.0, 4.0] and c.HEAD_DIM == 32
 

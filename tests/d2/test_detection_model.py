@@ -128,7 +128,7 @@ def test_instance_outputs_carry_predicted_boxes():
     [
         (["MODEL.CLUSTER_DECODER.TEST.INSTANCE_ON", "True"], "need masks"),
         (["MODEL.CLUSTER_DECODER.BOX_ON", "False"], "MASK_ON and BOX_ON are both False"),
-        (["MODEL.CLUSTERFORMER.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']"], "res2"),
+        (["MODEL.CLUSTERFORMER_BACKBONE.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']"], "res2"),
         (["MODEL.CLUSTER_DECODER.CLASS_LOSS", "focal"], "CLASS_LOSS"),
     ],
 )
@@ -160,7 +160,7 @@ def test_coco_detection_schedules_and_model():
         assert (s.BASE_LR, s.BACKBONE_MULTIPLIER, s.WEIGHT_DECAY) == (1e-4, 0.1, 1e-4)
         assert cfg.INPUT.DATASET_MAPPER_NAME == "detr_detection"
         assert 300 <= cfg.MODEL.CLUSTER_DECODER.NUM_OBJECT_QUERIES <= 900
-        depths = cfg.MODEL.CLUSTERFORMER.DEPTHS
+        depths = cfg.MODEL.CLUSTERFORMER_BACKBONE.DEPTHS
         assert depths == ([2, 2, 6, 2] if "tiny" in path else [2, 2, 18, 2])
     cfg = _cfg("configs/coco/detection/clusterformer_tiny_12ep.yaml", "MODEL.DEVICE", "cpu")
     model = build_model(cfg)

@@ -32,10 +32,10 @@ def test_every_paper_config_is_covered():
 
 def _check_recipe(cfg, path: str) -> None:
     size = "tiny" if "tiny" in path else "small"
-    assert list(cfg.MODEL.CLUSTERFORMER.DEPTHS) == DEPTHS[size]
-    assert list(cfg.MODEL.CLUSTERFORMER.EMBED_DIMS) == [96, 192, 384, 768]
-    assert list(cfg.MODEL.CLUSTERFORMER.MLP_RATIOS) == [8.0, 8.0, 4.0, 4.0]
-    assert cfg.MODEL.CLUSTERFORMER.ITERATIONS == 3  # T = 3 for both sizes
+    assert list(cfg.MODEL.CLUSTERFORMER_BACKBONE.DEPTHS) == DEPTHS[size]
+    assert list(cfg.MODEL.CLUSTERFORMER_BACKBONE.EMBED_DIMS) == [96, 192, 384, 768]
+    assert list(cfg.MODEL.CLUSTERFORMER_BACKBONE.MLP_RATIOS) == [8.0, 8.0, 4.0, 4.0]
+    assert cfg.MODEL.CLUSTERFORMER_BACKBONE.CLUSTERING_ITERATIONS == 3  # T = 3 for both sizes
     s = cfg.SOLVER
     assert s.OPTIMIZER == "ADAMW" and s.WEIGHT_DECAY == 0.05
     assert s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_TYPE == "full_model"

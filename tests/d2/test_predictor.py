@@ -101,7 +101,7 @@ def test_weights_errors(tmp_path, shapes_classification_checkpoint):
             make_cfg(
                 CLS_CONFIG,
                 shapes_classification_checkpoint,
-                "MODEL.CLUSTERFORMER.EMBED_DIMS",
+                "MODEL.CLUSTERFORMER_BACKBONE.EMBED_DIMS",
                 "[32, 64, 128, 128]",
             )
         )

@@ -26,10 +26,10 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 
-from clusterformer import ClusterFormerPredictor, add_clusterformer_config
+from clusterformer import ClusterFormerPredictor, load_config
 from clusterformer.data.image_io import read_image_uint8
 from clusterformer.deploy import FORMATS, ExportedModel, eager_outputs, export
 from clusterformer.deploy.export import DEFAULT_ONNX_OPSET, MIN_ONNX_OPSET
@@ -96,10 +96,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_clusterformer_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    # load_config reads renamed and Mask2Former key names too (a saved run's config.yaml).
+    cfg = load_config(args.config_file, args.opts)
     # Exports are made and checked on the CPU; ONNX Runtime runs them there too.
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()

@@ -19,7 +19,7 @@ if not __package__:  # run as a file: see tools/__init__.py
 from tools.experiments.ablation import REPO, Variant, run_ablation
 
 CONFIG = "configs/digits/clusterformer_nano.yaml"
-PREFIX = "MODEL.CLUSTERFORMER."
+PREFIX = "MODEL.CLUSTERFORMER_BACKBONE."
 
 
 def variants():
@@ -42,10 +42,10 @@ def variants():
         cf("temperature_inv_sqrt_dim", "E-step logits x 1/sqrt(d)", temperature="inv_sqrt_dim"),
         cf("mstep_sum", "M-step raw sum instead of mean", mstep_normalization="sum"),
         cf("dispatch_hard", "hard (argmax) dispatch", dispatch="hard"),
-        cf("centers_1x1", "1 centre per window", centers_per_window=1),
-        cf("centers_3x3", "9 centres per window", centers_per_window=3),
-        cf("iterations_1", "T = 1", iterations=1),
-        cf("iterations_2", "T = 2", iterations=2),
+        cf("centers_1x1", "1 centre per window", centres_per_window=1),
+        cf("centers_3x3", "9 centres per window", centres_per_window=3),
+        cf("iterations_1", "T = 1", clustering_iterations=1),
+        cf("iterations_2", "T = 2", clustering_iterations=2),
     ]
 
 
