@@ -105,7 +105,7 @@ def markdown(report: Dict) -> str:
         "| iteration | "
         + " | ".join(f"{m} clustering / masked / Δ" for m in METRICS[:-1])
         + " | mIoU clustering / masked |",
-        "|---" * len(METRICS) + "|",
+        "|---" * (len(METRICS) + 1) + "|",
     ]
     for row in report["rows"]:
         cells = [
