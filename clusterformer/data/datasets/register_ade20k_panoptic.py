@@ -12,7 +12,6 @@ no instance AP on these names.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Dict
 
 from detectron2.utils.file_io import PathManager
@@ -23,7 +22,7 @@ from .register_formats import (
     PanopticFiles,
     panoptic_metadata,
     register_panoptic_json,
-    registered_elsewhere,
+    unregistered_splits,
 )
 
 # name: (image_root, panoptic_root, panoptic_json, sem_seg_root), under the root.
@@ -104,12 +103,8 @@ def register_all_ade20k_panoptic(root: str) -> None:
     """Register both splits found under ``root`` (nothing is read now); a split registered
     already (by Mask2Former) is kept."""
     metadata = ade20k_panoptic_metadata()
-    for name, relative_paths in ADE20K_PANOPTIC_SPLITS.items():
-        if registered_elsewhere(name):
-            continue
-        image_root, panoptic_root, panoptic_json, sem_seg_root = (
-            os.path.join(root, p) for p in relative_paths
-        )
+    for name, paths in unregistered_splits(root, ADE20K_PANOPTIC_SPLITS):
+        image_root, panoptic_root, panoptic_json, sem_seg_root = paths
         register_ade20k_panoptic(
             name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root
         )

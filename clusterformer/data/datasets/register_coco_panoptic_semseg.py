@@ -12,7 +12,6 @@ Expected under ``$DETECTRON2_DATASETS/coco``: ``{train,val}2017/`` images,
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
@@ -22,7 +21,7 @@ from .register_formats import (
     PanopticFiles,
     panoptic_metadata,
     register_panoptic_json,
-    registered_elsewhere,
+    unregistered_splits,
 )
 
 # name: (image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json), under the root.
@@ -94,12 +93,8 @@ def register_all_coco_panoptic_with_sem_seg(root: str) -> None:
     """Register the two COCO 2017 splits found under ``root`` (nothing is read now); a split
     registered already (by Mask2Former) is kept."""
     metadata = coco_panoptic_metadata()
-    for name, relative_paths in COCO_PANOPTIC_WITH_SEM_SEG_SPLITS.items():
-        if registered_elsewhere(name):
-            continue
-        image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json = (
-            os.path.join(root, p) for p in relative_paths
-        )
+    for name, paths in unregistered_splits(root, COCO_PANOPTIC_WITH_SEM_SEG_SPLITS):
+        image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json = paths
         register_coco_panoptic_with_sem_seg(
             name,
             metadata,

@@ -5,7 +5,8 @@
 * :func:`register_sem_seg_folder`: a semantic data set (image folder + label PNG folder).
 * :func:`load_coco_instances_checked` / :func:`register_coco_instances_checked`: Detectron2's
   ``load_coco_json`` with its records checked to stay inside the image folder.
-* :func:`registered_elsewhere`: whether a name this project shares with Mask2Former is taken.
+* :func:`registered_elsewhere`: whether a name this project shares with Mask2Former is taken;
+  :func:`unregistered_splits`: the splits of a table whose names are not taken, under a root.
 
 Registration reads nothing: each loader runs ``before_load`` (a folder check, or the generation
 of a synthetic data set) when the data set is first used.
@@ -14,7 +15,19 @@ of a synthetic data set) when the data set is first used.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+import os
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
@@ -167,3 +180,18 @@ def registered_elsewhere(name: str) -> bool:
         return False
     logger.info("Data set %r is registered already (e.g. by Mask2Former); keeping that one", name)
     return True
+
+
+def unregistered_splits(
+    root: str, splits: Mapping[str, Sequence[str]]
+) -> Iterator[Tuple[str, List[str]]]:
+    """Each ``name, paths`` of ``splits`` (name: paths relative to ``root``) with its paths joined
+    under ``root``, passing over the names :func:`registered_elsewhere` finds taken.
+
+    Lazy, so that a caller registering each split before the next is checked sees the catalog as
+    it registers.
+    """
+    for name, relative_paths in splits.items():
+        if registered_elsewhere(name):
+            continue
+        yield name, [os.path.join(root, p) for p in relative_paths]
