@@ -106,6 +106,19 @@ class QueryPixelAttention(nn.Module):
         keys = self.k_proj(pixels if pixel_pos is None else pixels + pixel_pos)
         return _split_heads(keys, self.n_heads), _split_heads(self.v_proj(pixels), self.n_heads)
 
+    def query_heads(self, queries: Tensor, query_pos: Optional[Tensor]) -> Tensor:
+        """``(B, Q, C)`` queries (normalised first under pre-norm; + positions) -> ``(B, M, Q, d)``."""
+        normed = self.norm(queries) if self.pre_norm else queries
+        return _split_heads(
+            self.q_proj(normed if query_pos is None else normed + query_pos), self.n_heads
+        )
+
+    def residual_update(self, queries: Tensor, attended: Tensor) -> Tensor:
+        """``(B, Q, C)`` queries plus the projected ``(B, M, Q, d)`` head outputs (dropout), then
+        the norm under post-norm -> ``(B, Q, C)``."""
+        out = queries + self.dropout(self.out_proj(_merge_heads(attended)))
+        return out if self.pre_norm else self.norm(out)
+
 
 class ClusteringCrossAttention(QueryPixelAttention):
     """Recurrent cross-attention clustering: the queries are cluster centres, refined by ``T``
@@ -178,17 +191,11 @@ class ClusteringCrossAttention(QueryPixelAttention):
         centres = queries
         assignment = None
         for _ in range(self.iterations):
-            normed = self.norm(centres) if self.pre_norm else centres
-            centre_q = _split_heads(
-                self.q_proj(normed if query_pos is None else normed + query_pos), self.n_heads
-            )
+            centre_q = self.query_heads(centres, query_pos)
             # fp32 E-step (softmax over the centres) and M-step (assignment-weighted means).
             assignment = e_step(centre_q.float(), keys_t, self.scale, "clusters", excluded)
             means = m_step(assignment, values_and_weight, "mean", self.eps, mass_column=True)
-            update = self.out_proj(_merge_heads(means).to(centre_q.dtype))
-            centres = centres + self.dropout(update)
-            if not self.pre_norm:
-                centres = self.norm(centres)
+            centres = self.residual_update(centres, means.to(centre_q.dtype))
         weights = None
         if return_weights:
             weights = assignment.mean(dim=1).detach()
@@ -219,10 +226,7 @@ class MaskedCrossAttention(QueryPixelAttention):
         if allowed is not None:
             # A softmax over an empty set is undefined: such a query attends to every pixel.
             allowed = release_empty_restrictions(allowed)
-        normed = self.norm(queries) if self.pre_norm else queries
-        q = _split_heads(
-            self.q_proj(normed if query_pos is None else normed + query_pos), self.n_heads
-        )
+        q = self.query_heads(queries, query_pos)
         k, v = self.pixel_keys_and_values(pixels, pixel_pos)
         weights = None
         if return_weights:
@@ -237,6 +241,4 @@ class MaskedCrossAttention(QueryPixelAttention):
             # attention", as `allowed` does.
             mask = None if allowed is None else allowed[:, None]
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = self.out_proj(_merge_heads(attended))
-        out = queries + self.dropout(out)
-        return (out if self.pre_norm else self.norm(out)), weights
+        return self.residual_update(queries, attended), weights
