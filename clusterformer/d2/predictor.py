@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..data.dataset_mappers import InputGeometry, build_test_transform, image_to_chw_tensor
 from ..data.datasets.class_metadata import class_metadata
 from ..engine.checkpointer import ClusterFormerCheckpointer
-from ..modeling.backbone.clusterformer import STAGE_NAMES, STAGE_STRIDES
+from ..modeling.backbone.clusterformer import ClusterFormerBackbone
 
 logger = logging.getLogger(__name__)
 
@@ -335,72 +335,43 @@ class ClusterFormerPredictor:
         self, image: np.ndarray, format: str = "BGR"
     ) -> Tuple[Dict[str, Any], ClusterMaps]:
         """Like ``__call__``, plus the cluster assignments of the backbone stages and of the
-        decoder (:class:`ClusterMaps`)."""
+        decoder (:class:`ClusterMaps`), which the model returns when asked
+        (``model(inputs, return_cluster_ids=True)``; no hooks, the model is not modified)."""
         inputs, geometry = self.prepare_inputs(image, format)
         backbone = self.model.backbone
-        if not hasattr(backbone, "recording_assignments"):
+        if not isinstance(backbone, ClusterFormerBackbone):
             raise TypeError(
                 f"The backbone {type(backbone).__name__} does not record cluster assignments; "
                 "cluster maps need the ClusterFormer backbone (MODEL.BACKBONE.NAME D2ClusterFormer)"
             )
-        captured: Dict[str, Any] = {}
-
-        def record_backbone_input(_module, args):
-            captured["padded_hw"] = tuple(args[0].shape[-2:])
-
-        def record_decoder_output(_module, _args, output):
-            captured["pred_logits"] = output["pred_logits"][0].detach().float().cpu()
-            if output.get("aux_outputs"):
-                previous = output["aux_outputs"][-1]["pred_logits"][0]
-                captured["estep_logits"] = previous.detach().float().cpu()
-            if output.get("pixel_assignment") is not None:
-                captured["assignment_hw"] = tuple(output["pixel_assignment"].shape[-2:])
-
-        hooks = [backbone.register_forward_pre_hook(record_backbone_input)]
-        decoder = getattr(self.model, "transformer_decoder", None)
-        if decoder is not None:
-            hooks.append(decoder.register_forward_hook(record_decoder_output))
-        try:
-            with torch.no_grad(), backbone.recording_assignments() as stage_maps:
-                outputs = self.model([inputs])[0]
-        finally:
-            for hook in hooks:
-                hook.remove()
+        with torch.no_grad():
+            outputs = dict(self.model([inputs], return_cluster_ids=True)[0])
+        # What the maps are made of; the returned outputs are those of __call__.
+        stage_ids = outputs.pop("cluster_ids")
+        query_logits = outputs.pop("query_logits", None)
+        estep_logits = outputs.pop("estep_query_logits", None)
+        decoder_stride = outputs.pop("cluster_assignment_stride", None)
 
         input_hw = geometry.input_hw
         maps = ClusterMaps(geometry=geometry)
-        strides = dict(zip(STAGE_NAMES, STAGE_STRIDES))
-        mixers = self._last_mixers(backbone)
-        for name, ids in stage_maps.items():
-            stride = strides[name]
-            ids_in = _tokens_to_input(ids[0], stride, input_hw)
+        for name, stage in stage_ids.items():
+            ids_in = _tokens_to_input(stage.ids, stage.stride, input_hw)
             maps.backbone[name] = ids_in
-            maps.backbone_windows[name] = ids_in // mixers[name].num_centres
-            maps.backbone_strides[name] = stride
+            maps.backbone_windows[name] = ids_in // stage.num_centres
+            maps.backbone_strides[name] = stage.stride
 
-        if "cluster_assignment" in outputs and "assignment_hw" in captured:
-            stride = captured["padded_hw"][0] // captured["assignment_hw"][0]
+        if "cluster_assignment" in outputs and decoder_stride is not None:
             query = decoder_cluster_ids(outputs["cluster_assignment"])
-            maps.decoder = _tokens_to_input(query, stride, input_hw)
-            maps.decoder_stride = stride
-        if "pred_logits" in captured:
-            scores, classes = captured["pred_logits"].softmax(-1).max(-1)
+            maps.decoder = _tokens_to_input(query, decoder_stride, input_hw)
+            maps.decoder_stride = decoder_stride
+        if query_logits is not None:
+            scores, classes = query_logits.detach().float().cpu().softmax(-1).max(-1)
             maps.query_classes, maps.query_scores = classes.numpy(), scores.numpy()
-            maps.num_classes = captured["pred_logits"].shape[-1] - 1
-        if "estep_logits" in captured:
-            scores, classes = captured["estep_logits"].softmax(-1).max(-1)
+            maps.num_classes = query_logits.shape[-1] - 1
+        if estep_logits is not None:
+            scores, classes = estep_logits.detach().float().cpu().softmax(-1).max(-1)
             maps.estep_query_classes, maps.estep_query_scores = classes.numpy(), scores.numpy()
         return self._filtered(outputs), maps
-
-    @staticmethod
-    def _last_mixers(backbone: nn.Module) -> Dict[str, nn.Module]:
-        """Stage name -> the mixer whose assignments ``recording_assignments`` reports."""
-        stages: List[nn.Module] = list(backbone.stages)
-        return {
-            name: stage.blocks[-1].mixer
-            for name, stage in zip(STAGE_NAMES, stages)
-            if len(stage.blocks) > 0
-        }
 
     def _filtered(self, outputs: Dict[str, Any]) -> Dict[str, Any]:
         if self.confidence_threshold is None:

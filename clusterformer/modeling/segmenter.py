@@ -36,13 +36,24 @@ class ClusterFormerSegmenter(nn.Module):
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
 
-    def predict(self, images: Tensor) -> Dict[str, Any]:
+    def predict(self, images: Tensor, return_cluster_ids: bool = False) -> Dict[str, Any]:
         """``images``: ``(B, 3, H, W)`` normalised, ``H, W`` multiples of 32 -> decoder outputs
         (``pred_logits`` ``(B, Q, K + 1)``, ``pred_masks`` ``(B, Q, H / 4, W / 4)``,
-        ``pred_boxes`` ``(B, Q, 4)``, ... as the decoder predicts them)."""
-        features = self.backbone(images)
+        ``pred_boxes`` ``(B, Q, 4)``, ... as the decoder predicts them).
+
+        ``return_cluster_ids`` (a ClusterFormer backbone only) adds ``"backbone_cluster_ids"``:
+        ``{stage: StageClusterIds}``, the hard clusters of each backbone stage's last block, ids
+        ``(B, heads, H / s, W / s)`` int64 (see
+        :meth:`~clusterformer.modeling.backbone.ClusterFormerBackbone.forward`)."""
+        if return_cluster_ids:
+            features, cluster_ids = self.backbone(images, return_cluster_ids=True)
+        else:
+            features = self.backbone(images)
         mask_features, multi_scale_features = self.pixel_decoder(features)
-        return self.transformer_decoder(multi_scale_features, mask_features)
+        outputs = self.transformer_decoder(multi_scale_features, mask_features)
+        if return_cluster_ids:
+            outputs["backbone_cluster_ids"] = cluster_ids
+        return outputs
 
     def forward(self, images: Tensor) -> Dict[str, Any]:
         return self.predict(images)

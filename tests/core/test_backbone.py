@@ -152,8 +152,9 @@ def test_drop_path_and_layer_scale():
 def test_assignment_maps():
     backbone = clusterformer_nano(centers_per_window=2)
     x = torch.randn(2, 3, 100, 64)
-    with torch.no_grad(), backbone.recording_assignments() as maps:
-        out = backbone(x)
+    with torch.no_grad():
+        out, stages = backbone(x, return_cluster_ids=True)
+    maps = {name: stage.ids for name, stage in stages.items()}
     assert set(maps) == {"res2", "res3", "res4", "res5"}
     for name, ids in maps.items():
         B, _, h, w = out[name].shape
@@ -161,11 +162,43 @@ def test_assignment_maps():
         assert ids.shape == (B, heads, h, w) and ids.dtype == torch.int64
         windows = math.ceil(h / min(7, h)) * math.ceil(w / min(7, w))
         assert ids.min() >= 0 and ids.max() < windows * 4
+        assert stages[name].stride == backbone.out_feature_strides[name]
+        assert stages[name].num_centres == 4
     # res2 is 25x16: the pixel (20, 15) lies in window (2, 2) of 4 x 3 windows.
     assert 8 * 4 <= maps["res2"][0, 0, 20, 15] < 9 * 4
-    # Recording is off again after the context.
-    assert all(not s.blocks[-1].mixer.record_assignments for s in backbone.stages)
-    assert all(s.blocks[-1].mixer.last_assignment is None for s in backbone.stages)
+    # Nothing is kept on the modules after the call.
+    assert all(not hasattr(s.blocks[-1].mixer, "last_assignment") for s in backbone.stages)
+
+
+def test_cluster_ids_are_the_argmax_of_the_last_blocks_last_estep():
+    """The returned ids, recomputed from the assignment of each stage's last block (captured by
+    a test hook): window ``w`` (row-major) holds ids ``w * k*k + argmax_k A[w, k, token]``. Off,
+    the backbone returns its features only, bitwise the same."""
+    torch.manual_seed(0)
+    backbone = clusterformer_nano(centers_per_window=2).eval()
+    x = torch.randn(2, 3, 112, 112)  # 28, 14, 7, 4 tokens: whole windows of min(7, side)
+    captured = {}
+    for name, stage in zip(["res2", "res3", "res4", "res5"], backbone.stages):
+        stage.blocks[-1].mixer.clustering.register_forward_hook(
+            lambda _m, _args, out, name=name: captured.update({name: out[1][-1]})
+        )
+    with torch.no_grad():
+        features, stages = backbone(x, return_cluster_ids=True)
+        plain = backbone(x)
+    assert sorted(plain) == sorted(features) == ["res2", "res3", "res4", "res5"]
+    assert all(torch.equal(plain[k], features[k]) for k in plain)
+    for name, stage in stages.items():
+        A = captured[name]  # (B, heads, windows, K, N)
+        B, heads, h, w = stage.ids.shape
+        side = min(7, h)
+        per_row = w // side
+        expected = torch.empty(B, heads, h, w, dtype=torch.int64)
+        for r in range(h):
+            for c in range(w):
+                window = (r // side) * per_row + c // side
+                token = (r % side) * side + c % side
+                expected[:, :, r, c] = window * 4 + A[:, :, window, :, token].argmax(-1)
+        assert torch.equal(stage.ids, expected), name
 
 
 def test_nano_trains_under_autocast():

@@ -269,16 +269,16 @@ def test_clustering_runs_in_fp32_under_autocast():
 
 
 @pytest.mark.parametrize("axis", ["clusters", "tokens"])
-def test_recorded_cluster_index_map(axis):
+def test_returned_cluster_index_map(axis):
     mixer = make_mixer(assignment_softmax=axis)
     captured = {}
     mixer.clustering.register_forward_hook(lambda m, args, out: captured.update(out=out))
-    mixer(torch.randn(1, 8, 10, 12))
-    assert mixer.last_assignment is None
-    mixer.record_assignments = True
+    # Off (the default): the output alone, and nothing kept on the module.
+    assert isinstance(mixer(torch.randn(1, 8, 10, 12)), torch.Tensor)
+    assert not hasattr(mixer, "last_assignment")
     x = torch.randn(2, 8, 10, 12)
-    mixer(x)
-    ids = mixer.last_assignment
+    out, ids = mixer(x, return_cluster_ids=True)
+    assert torch.equal(out, mixer(x))
     assert ids.shape == (2, 2, 10, 12) and ids.dtype == torch.int64
     A = captured["out"][1][-1]  # (B, heads, windows, K, N)
     # Pixel (8, 9) lies in window 3 (row 1, col 1) at token 1 * 7 + 2.

@@ -229,8 +229,8 @@ def test_cluster_maps_mark_excluded_pixels(shapes_panoptic_checkpoint):
     image = np.random.default_rng(2).integers(0, 256, (100, 150, 3), dtype=np.uint8)
     forward = predictor.model.forward
 
-    def forward_excluding_a_block(batched_inputs):
-        results = forward(batched_inputs)
+    def forward_excluding_a_block(batched_inputs, **kwargs):
+        results = forward(batched_inputs, **kwargs)
         for result in results:
             assignment = result["cluster_assignment"].clone()
             assignment[:, :3, :4] = 0  # cells (0..2, 0..3): pixels 0..23 x 0..31 at stride 8
@@ -246,6 +246,62 @@ def test_cluster_maps_mark_excluded_pixels(shapes_panoptic_checkpoint):
     assert np.all(maps.decoder[:24, :32] == -1)
     kept = ~excluded.numpy()
     assert kept.any() and np.all(maps.decoder[::8, ::8][kept] >= 0)
+
+
+def _registered_hooks(model: torch.nn.Module) -> list:
+    """(module name, kind) of every forward / backward hook on ``model`` and global ones."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    found = [(name, k) for name, m in model.named_modules() for k in kinds if getattr(m, k, None)]
+    module = torch.nn.modules.module
+    for k in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
+        if getattr(module, k, None):
+            found.append(("<global>", k))
+    return found
+
+
+@pytest.mark.slow
+def test_cluster_maps_come_from_the_model_outputs_without_hooks(shapes_panoptic_checkpoint):
+    """predict_with_clusters asks the model (``return_cluster_ids=True``) and registers no hook;
+    the maps are the model's per-image cluster outputs; the config it is given is unchanged."""
+    cfg = make_cfg(PANOPTIC_CONFIG, shapes_panoptic_checkpoint)
+    dumped = cfg.dump()
+    predictor = ClusterFormerPredictor(cfg)
+    assert cfg.dump() == dumped and not cfg.is_frozen()
+    image = np.random.default_rng(2).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    model, forward, seen = predictor.model, predictor.model.forward, {}
+
+    def recording_forward(batched_inputs, **kwargs):
+        seen.update(hooks=_registered_hooks(model), kwargs=kwargs)
+        seen["results"] = forward(batched_inputs, **kwargs)
+        return seen["results"]
+
+    model.forward = recording_forward
+    assert _registered_hooks(model) == []
+    outputs, maps = predictor.predict_with_clusters(image)
+    assert seen["hooks"] == [] and _registered_hooks(model) == []
+    assert seen["kwargs"] == {"return_cluster_ids": True}
+    result = seen["results"][0]
+    backbone = model.backbone
+    assert sorted(result["cluster_ids"]) == ["res2", "res3", "res4", "res5"]
+    for (name, stage), heads in zip(result["cluster_ids"].items(), backbone.num_heads):
+        s = stage.stride
+        assert s == maps.backbone_strides[name] == backbone.out_feature_strides[name]
+        # The 107 x 160 model input, padding cropped: ceil(107 / s) x ceil(160 / s) tokens.
+        assert stage.ids.shape == (heads, -(-107 // s), -(-160 // s))
+        assert stage.ids.dtype == torch.int64
+        assert np.array_equal(maps.backbone[name][:, ::s, ::s], stage.ids.numpy())
+        assert np.array_equal(maps.backbone_windows[name], maps.backbone[name] // stage.num_centres)
+    assert result["cluster_assignment_stride"] == maps.decoder_stride == 8
+    num_queries = result["cluster_assignment"].shape[0]
+    assert result["query_logits"].shape == (num_queries, maps.num_classes + 1)
+    assert result["estep_query_logits"].shape == (num_queries, maps.num_classes + 1)
+    # The returned outputs are __call__'s; __call__ asks the model for nothing more.
+    assert not {"cluster_ids", "query_logits", "estep_query_logits"} & set(outputs)
+    predictor(image)
+    assert seen["kwargs"] == {} and seen["hooks"] == []
+    assert not {"cluster_ids", "query_logits", "cluster_assignment_stride"} & set(
+        seen["results"][0]
+    )
 
 
 def test_decoder_cluster_ids():

@@ -6,8 +6,7 @@ strides 4/8/16/32, joined by 3x3 stride-2 convolutions. The output at stride s h
 ``ceil(H / s) x ceil(W / s)`` tokens for any input of at least 32 x 32 pixels.
 """
 
-import contextlib
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,23 @@ STAGE_NAMES = ("res2", "res3", "res4", "res5")
 MIXERS = ("clustering", "window_attention")
 STAGE_STRIDES = (4, 8, 16, 32)
 MIN_INPUT_SIZE = 32
+
+
+class StageClusterIds(NamedTuple):
+    """The hard clusters of one stage's last block (its last E-step), at that stage's stride.
+
+    Attributes:
+        ids: ``(B, heads, ceil(H / stride), ceil(W / stride))`` int64, the argmax of the
+            assignment over the centres; unique across windows (``window * num_centres + centre``).
+        stride: the stage's stride in input pixels (token ``(i, j)`` covers pixels
+            ``[i s, (i + 1) s) x [j s, (j + 1) s)`` of the bottom/right-padded input).
+        num_centres: centres per window and head (``k * k``): ``ids // num_centres`` is the
+            window of each token.
+    """
+
+    ids: Tensor
+    stride: int
+    num_centres: int
 
 
 def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
@@ -97,16 +113,24 @@ class ClusterBlock(nn.Module):
         else:
             self.layer_scale_1 = self.layer_scale_2 = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, H, W)."""
-        mixed = self.mixer(self.norm1(x))
+    def forward(
+        self, x: Tensor, return_cluster_ids: bool = False
+    ) -> Union[Tensor, Tuple[Tensor, Optional[Tensor]]]:
+        """(B, C, H, W) -> (B, C, H, W); with ``return_cluster_ids`` also the mixer's
+        (B, heads, H, W) int64 cluster ids (None for a mixer that does not cluster)."""
+        cluster_ids = None
+        if return_cluster_ids and isinstance(self.mixer, ClusteringMixer):
+            mixed, cluster_ids = self.mixer(self.norm1(x), return_cluster_ids=True)
+        else:
+            mixed = self.mixer(self.norm1(x))
         if self.layer_scale_1 is not None:
             mixed = self.layer_scale_1 * mixed
         x = x + self.drop_path(mixed)
         fed = self.ffn(self.norm2(x))
         if self.layer_scale_2 is not None:
             fed = self.layer_scale_2 * fed
-        return x + self.drop_path(fed)
+        x = x + self.drop_path(fed)
+        return (x, cluster_ids) if return_cluster_ids else x
 
 
 class Downsample(nn.Module):
@@ -148,12 +172,21 @@ class ClusterStage(nn.Module):
         self.downsample = Downsample(in_dim, dim, downsample_kernel_size) if downsample else None
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, return_cluster_ids: bool = False
+    ) -> Union[Tensor, Tuple[Tensor, Optional[Tensor]]]:
+        """(B, C_in, H, W) -> (B, C, H', W'); with ``return_cluster_ids`` also the last block's
+        (B, heads, H', W') int64 cluster ids (None without blocks or clustering)."""
         if self.downsample is not None:
             x = self.downsample(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
+        cluster_ids = None
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if return_cluster_ids and i == last:
+                x, cluster_ids = block(x, return_cluster_ids=True)
+            else:
+                x = block(x)
+        return (x, cluster_ids) if return_cluster_ids else x
 
 
 def coordinate_channels(images: Tensor) -> Tensor:
@@ -192,6 +225,9 @@ class ClusterFormerBackbone(nn.Module):
 
     Input: (B, in_channels, H, W) normalised images (RGB for the project's pretrained models),
     H, W >= 32. Output: {name: (B, C_s, ceil(H / s), ceil(W / s))}, each after a GroupNorm(1, C).
+    ``forward(images, return_cluster_ids=True)`` returns ``(features, cluster_ids)``, with
+    ``cluster_ids`` ``{name: StageClusterIds}`` for every built stage whose last block clusters
+    (the stages after the last output are not built).
     """
 
     def __init__(
@@ -286,7 +322,6 @@ class ClusterFormerBackbone(nn.Module):
         self._out_feature_strides = {
             f: STAGE_STRIDES[STAGE_NAMES.index(f)] for f in self._out_features
         }
-        self._assignment_sink: Optional[Dict[str, Tensor]] = None
 
     @property
     def out_features(self) -> List[str]:
@@ -300,8 +335,12 @@ class ClusterFormerBackbone(nn.Module):
     def out_feature_strides(self) -> Dict[str, int]:
         return dict(self._out_feature_strides)
 
-    def forward(self, images: Tensor) -> Dict[str, Tensor]:
-        """(B, in_channels, H, W) -> {res_i: (B, C_i, ceil(H / s_i), ceil(W / s_i))}."""
+    def forward(
+        self, images: Tensor, return_cluster_ids: bool = False
+    ) -> Union[Dict[str, Tensor], Tuple[Dict[str, Tensor], Dict[str, StageClusterIds]]]:
+        """(B, in_channels, H, W) -> {res_i: (B, C_i, ceil(H / s_i), ceil(W / s_i))}; with
+        ``return_cluster_ids``, ``(that, {res_i: StageClusterIds})``: the hard clusters of the
+        last block of every stage, ids ``(B, heads_i, ceil(H / s_i), ceil(W / s_i))`` int64."""
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(
                 f"ClusterFormerBackbone expects images of shape (B, {self.in_channels}, H, W), "
@@ -323,42 +362,18 @@ class ClusterFormerBackbone(nn.Module):
         # windows.py); measured in docs/benchmarks.md. The outputs are channels_last too.
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
         outputs = {}
-        for name, stage in zip(STAGE_NAMES, self.stages):
-            x = stage(x)
-            if self._assignment_sink is not None:
-                assignment = stage.blocks[-1].mixer.last_assignment if stage.blocks else None
-                if assignment is not None:
-                    self._assignment_sink[name] = assignment
+        cluster_ids: Dict[str, StageClusterIds] = {}
+        for name, stride, stage in zip(STAGE_NAMES, STAGE_STRIDES, self.stages):
+            if return_cluster_ids:
+                x, ids = stage(x, return_cluster_ids=True)
+                if ids is not None:
+                    mixer = stage.blocks[-1].mixer
+                    cluster_ids[name] = StageClusterIds(ids, stride, mixer.num_centres)
+            else:
+                x = stage(x)
             if name in self.output_norms:
                 outputs[name] = self.output_norms[name](x)
-        return outputs
-
-    @contextlib.contextmanager
-    def recording_assignments(self) -> Iterator[Dict[str, Tensor]]:
-        """Record the last E-step assignment of the last block of every stage.
-
-        Usage::
-
-            with backbone.recording_assignments() as maps:
-                features = backbone(images)
-            maps["res2"]  # (B, heads_2, ceil(H/4), ceil(W/4)) int64 cluster ids
-
-        Ids are unique across the windows of a map (``window_index * k*k + centre``).
-        """
-        mixers = [stage.blocks[-1].mixer for stage in self.stages if len(stage.blocks) > 0]
-        sink: Dict[str, Tensor] = {}
-        previous = [m.record_assignments for m in mixers]
-        for m in mixers:
-            m.record_assignments = True
-        self._assignment_sink = sink
-        try:
-            yield sink
-        finally:
-            self._assignment_sink = None
-            for m, was in zip(mixers, previous):
-                m.record_assignments = was
-                if not was:
-                    m.last_assignment = None
+        return (outputs, cluster_ids) if return_cluster_ids else outputs
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {

@@ -14,7 +14,7 @@ projections.
 """
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -200,9 +200,9 @@ class ClusteringMixer(nn.Module):
             :class:`RecurrentClusteringAttention`.
         dispatch: "soft" or "hard", see :class:`FeatureDispatch`.
 
-    Set ``record_assignments = True`` to keep, after each forward, ``last_assignment``: the
-    per-pixel cluster index of the last E-step, (B, heads, H, W) int64 with ids unique across
-    windows (``window_index * k*k + centre``; argmax over the centres).
+    ``forward(x, return_cluster_ids=True)`` also returns the hard cluster of every token in the
+    last E-step: ``(B, heads, H, W)`` int64, the argmax of the assignment over the centres, with
+    ids unique across windows (``window_index * k*k + centre``).
     """
 
     def __init__(
@@ -240,15 +240,16 @@ class ClusteringMixer(nn.Module):
         )
         self.dispatch = FeatureDispatch(head_dim, mode=dispatch)
         self.proj = PointwiseConv2d(inner, dim)
-        self.record_assignments = False
-        self.last_assignment: Optional[Tensor] = None
 
     @property
     def num_centres(self) -> int:
         return self.centers_per_window**2
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, dim, H, W) -> (B, dim, H, W)."""
+    def forward(
+        self, x: Tensor, return_cluster_ids: bool = False
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """(B, dim, H, W) -> (B, dim, H, W); with ``return_cluster_ids`` also the
+        (B, heads, H, W) int64 cluster ids of the last E-step (see the class docstring)."""
         if x.dim() != 4:
             raise ValueError(f"ClusteringMixer expects (B, C, H, W), got shape {tuple(x.shape)}.")
         H, W = x.shape[-2:]
@@ -266,9 +267,10 @@ class ClusteringMixer(nn.Module):
             centres = torch.matmul(pooling, points)  # (B, heads, nW, K, d)
             centres, assignments = self.clustering(centres, keys, values, valid)
             tokens = self.dispatch(centres, points, values, valid)
-        if self.record_assignments:
-            self.last_assignment = self._cluster_index_map(assignments[-1], geometry)
-        return self.proj(reverse_windows(tokens.to(qkv.dtype), geometry))
+        out = self.proj(reverse_windows(tokens.to(qkv.dtype), geometry))
+        if return_cluster_ids:
+            return out, self._cluster_index_map(assignments[-1], geometry)
+        return out
 
     def _cluster_index_map(self, assignment: Tensor, geometry: WindowGeometry) -> Tensor:
         """(B, heads, nW, K, N) assignment -> (B, heads, H, W) int64 cluster ids."""
