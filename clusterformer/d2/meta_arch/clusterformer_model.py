@@ -215,7 +215,10 @@ class ClusterFormer(ClusterFormerSegmenter):
         if return_cluster_ids and self.training:
             raise ValueError("ClusterFormer: return_cluster_ids is an inference option (eval mode)")
         images = self.preprocess_images(batched_inputs)
-        outputs = self.predict(images.tensor, return_cluster_ids=return_cluster_ids)
+        # The flag is passed only when set: predict(images) stays the whole call of training and
+        # of plain inference.
+        extra = {"return_cluster_ids": True} if return_cluster_ids else {}
+        outputs = self.predict(images.tensor, **extra)
         if self.training:
             missing = [
                 x.get("file_name", i) for i, x in enumerate(batched_inputs) if "instances" not in x
