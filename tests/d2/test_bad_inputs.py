@@ -359,6 +359,11 @@ def test_coco_instances_unknown_category_and_missing_files(tmp_path):
 def test_builtin_coco_and_imagenet_name_their_missing_folders(tmp_path, monkeypatch):
     from detectron2.data import DatasetCatalog
 
+    from clusterformer.d2 import use_checked_builtin_loaders
+
+    # Detectron2's own COCO loader is replaced only on request, as train_net.py and the demo ask.
+    use_checked_builtin_loaders()
+
     with pytest.raises(
         FileNotFoundError, match=r"coco_2017_val.*instances JSON.*datasets/README\.md"
     ):
