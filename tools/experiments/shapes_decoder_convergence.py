@@ -17,18 +17,15 @@ docs/images/shapes_decoder_convergence.png.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 if not __package__:  # run as a file: see tools/__init__.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from tools.benchmark.common import code_revision
 from tools.experiments.ablation import REPO
-from tools.experiments.shapes_reference import CONFIG, _fmt, evaluations
+from tools.experiments.shapes_reference import CONFIG, _fmt, evaluations, provenance
 
 METRICS = ["panoptic_seg/PQ", "panoptic_seg/PQ_th", "segm/AP", "bbox/AP", "sem_seg/mIoU"]
 ARMS = ("clustering", "masked_attention")
@@ -133,12 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{run_dir}/config.yaml trains the {decoder_of(configs[arm])} decoder, not {arm}"
             )
     report = {
-        "command": " ".join(
-            ["python", "tools/experiments/shapes_decoder_convergence.py", *(argv or sys.argv[1:])]
-        ),
-        "date": datetime.date.today().isoformat(),
-        "revision": code_revision(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
+        **provenance("tools/experiments/shapes_decoder_convergence.py", argv),
         "config": CONFIG,
         "curves": curves,
         "rows": comparison(curves),

@@ -71,6 +71,17 @@ def largest_component(config_path: str) -> bool:
     return bool(test.get("INSTANCE_LARGEST_COMPONENT", False))
 
 
+def provenance(script: str, argv: Optional[Sequence[str]]) -> Dict[str, str]:
+    """What a report records of how it was made: the command (``script`` with ``argv``, default
+    the process's arguments), the date, the code revision and the machine."""
+    return {
+        "command": " ".join(["python", script, *(argv or sys.argv[1:])]),
+        "date": datetime.date.today().isoformat(),
+        "revision": code_revision(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
+    }
+
+
 def published_metrics(results_path: str) -> Dict[str, float]:
     with open(results_path) as f:
         results = json.load(f)
@@ -152,12 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     curve = evaluations(os.path.join(args.run_dir, "metrics.json"), max_iter)
     published = published_metrics(os.path.join(args.run_dir, "published", "eval_results.json"))
     report = {
-        "command": " ".join(
-            ["python", "tools/experiments/shapes_reference.py", *(argv or sys.argv[1:])]
-        ),
-        "date": datetime.date.today().isoformat(),
-        "revision": code_revision(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
+        **provenance("tools/experiments/shapes_reference.py", argv),
         "config": CONFIG,
         "weights": args.weights,
         "curve": curve,
