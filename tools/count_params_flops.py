@@ -10,7 +10,7 @@ Swin's published figures): softmax, sigmoid, GELU, exp, divisions, additions, no
 vectors for the cosine similarity, argmax/scatter, padding and permutes. They are listed per run.
 
 Usage: python -m tools.count_params_flops [--size 224] [--presets nano tiny small]
-           [--centers 2 10] [--iterations 3] [--downsample-kernels 3 2] [--compare-timm]
+           [--centres 2 10] [--iterations 3] [--downsample-kernels 3 2] [--compare-timm]
 Runs without detectron2.
 """
 
@@ -69,7 +69,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--presets", nargs="+", default=["nano", "tiny", "small"])
-    parser.add_argument("--centers", nargs="+", type=int, default=[2, 10], help="k (k x k centres)")
+    parser.add_argument(
+        "--centres", "--centers", nargs="+", type=int, default=[2, 10], help="k (k x k centres)"
+    )
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument(
         "--downsample-kernels", nargs="+", type=int, default=[3], help="3 (default) and/or 2"
@@ -87,9 +89,9 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     unsupported = Counter()
-    for preset, kernel, k in itertools.product(args.presets, args.downsample_kernels, args.centers):
+    for preset, kernel, k in itertools.product(args.presets, args.downsample_kernels, args.centres):
         model = build_clusterformer_backbone(
-            preset, centers_per_window=k, iterations=args.iterations, downsample_kernel_size=kernel
+            preset, centres_per_window=k, iterations=args.iterations, downsample_kernel_size=kernel
         )
         result = count(model, args.size)
         unsupported.update(result["unsupported"])

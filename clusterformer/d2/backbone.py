@@ -51,7 +51,7 @@ class D2ClusterFormer(ClusterFormerBackbone, Backbone):
             "mlp_ratios": list(c.MLP_RATIOS),
             "head_dim": c.HEAD_DIM,
             "window_size": c.WINDOW_SIZE,
-            "centers_per_window": c.CENTRES_PER_WINDOW,
+            "centres_per_window": c.CENTRES_PER_WINDOW,
             "iterations": c.CLUSTERING_ITERATIONS,
             "temperature": c.TEMPERATURE,
             "mstep_normalization": c.MSTEP_NORMALIZATION,

@@ -150,7 +150,7 @@ def test_drop_path_and_layer_scale():
 
 
 def test_assignment_maps():
-    backbone = clusterformer_nano(centers_per_window=2)
+    backbone = clusterformer_nano(centres_per_window=2)
     x = torch.randn(2, 3, 100, 64)
     with torch.no_grad():
         out, stages = backbone(x, return_cluster_ids=True)
@@ -175,7 +175,7 @@ def test_cluster_ids_are_the_argmax_of_the_last_blocks_last_estep():
     a test hook): window ``w`` (row-major) holds ids ``w * k*k + argmax_k A[w, k, token]``. Off,
     the backbone returns its features only, bitwise the same."""
     torch.manual_seed(0)
-    backbone = clusterformer_nano(centers_per_window=2).eval()
+    backbone = clusterformer_nano(centres_per_window=2).eval()
     x = torch.randn(2, 3, 112, 112)  # 28, 14, 7, 4 tokens: whole windows of min(7, side)
     captured = {}
     for name, stage in zip(["res2", "res3", "res4", "res5"], backbone.stages):

@@ -26,7 +26,7 @@ def make_mixer(dim=8, heads=2, head_dim=4, window=7, k=2, iterations=3, **flags)
         num_heads=heads,
         head_dim=head_dim,
         window_size=window,
-        centers_per_window=k,
+        centres_per_window=k,
         iterations=iterations,
         **flags,
     )
@@ -47,7 +47,7 @@ def reference_mixer(mixer: ClusteringMixer, x: torch.Tensor):
     Returns the output and {(b, head, r0, c0): [A_1 .. A_T]}.
     """
     B, _, H, W = x.shape
-    heads, d, S, k = mixer.num_heads, mixer.head_dim, mixer.window_size, mixer.centers_per_window
+    heads, d, S, k = mixer.num_heads, mixer.head_dim, mixer.window_size, mixer.centres_per_window
     clustering, dispatch = mixer.clustering, mixer.dispatch
     inner = heads * d
     qkv = mixer.qkv(x)

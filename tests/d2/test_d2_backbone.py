@@ -76,7 +76,7 @@ def test_cfg_keys_reach_the_modules():
     assert len(backbone.stages) == 3  # res5 not requested: not built
     block = backbone.stages[2].blocks[0]
     mixer = block.mixer
-    assert (mixer.window_size, mixer.centers_per_window, mixer.num_heads) == (5, 3, 8)
+    assert (mixer.window_size, mixer.centres_per_window, mixer.num_heads) == (5, 3, 8)
     c = mixer.clustering
     assert (c.iterations, c.temperature, c.mstep_normalization, c.assignment_softmax) == (
         2,

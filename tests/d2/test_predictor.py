@@ -178,7 +178,7 @@ def test_cluster_maps(shapes_panoptic_checkpoint):
         assert np.array_equal(
             ids[:, ::stride, ::stride].repeat(stride, 1).repeat(stride, 2)[:, :107, :160], ids
         )
-        # A window holds centers_per_window^2 cluster ids.
+        # A window holds centres_per_window^2 cluster ids.
         mixer = backbone.stages[int(stage[-1]) - 2].blocks[-1].mixer
         assert np.array_equal(maps.backbone_windows[stage], ids // mixer.num_centres)
     # res2: windows of 7x7 tokens at stride 4 = 28 pixels; 107 x 160 pixels -> 4 x 6 windows.

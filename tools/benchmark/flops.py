@@ -81,7 +81,7 @@ def flops_against_method_md(size_classes: Sequence[str]) -> List[dict]:
     out = []
     for size_class in size_classes:
         for k in (2, 10):
-            model = build_clusterformer_backbone(size_class, centers_per_window=k)
+            model = build_clusterformer_backbone(size_class, centres_per_window=k)
             gmacs = count_gmacs(model, (torch.zeros(1, 3, 224, 224),))["gmacs"]
             ref = METHOD_MD_GMACS[size_class]
             out.append(

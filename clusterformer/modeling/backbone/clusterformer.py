@@ -207,7 +207,7 @@ class ClusterFormerBackbone(nn.Module):
         mlp_ratios: FFN hidden width / channels, per stage.
         head_dim: channels per head; heads = embed_dim / head_dim in each stage.
         window_size: S, clustering windows of S x S tokens.
-        centers_per_window: k, k x k centres per window and head.
+        centres_per_window: k, k x k centres per window and head.
         iterations: T, E-step/M-step iterations (shared weights).
         temperature: "none" or "inv_sqrt_dim", scale of the E-step logits.
         mstep_normalization: "mean" or "sum".
@@ -238,7 +238,7 @@ class ClusterFormerBackbone(nn.Module):
         mlp_ratios: Sequence[float] = (8.0, 8.0, 4.0, 4.0),
         head_dim: int = 32,
         window_size: int = 7,
-        centers_per_window: int = 2,
+        centres_per_window: int = 2,
         iterations: int = 3,
         temperature: str = "none",
         mstep_normalization: str = "mean",
@@ -292,7 +292,7 @@ class ClusterFormerBackbone(nn.Module):
                         num_heads=embed_dims[i] // head_dim,
                         head_dim=head_dim,
                         window_size=window_size,
-                        centers_per_window=centers_per_window,
+                        centres_per_window=centres_per_window,
                         iterations=iterations,
                         temperature=temperature,
                         mstep_normalization=mstep_normalization,

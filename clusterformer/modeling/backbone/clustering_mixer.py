@@ -195,7 +195,7 @@ class ClusteringMixer(nn.Module):
         dim: input/output channels.
         num_heads, head_dim: heads of the Q/K/V projections (inner width num_heads * head_dim).
         window_size: S, windows of S x S tokens (``min(S, H) x min(S, W)`` on smaller maps).
-        centers_per_window: k, the centres of a window are a k x k adaptive-pooling grid.
+        centres_per_window: k, the centres of a window are a k x k adaptive-pooling grid.
         iterations, temperature, mstep_normalization, assignment_softmax: see
             :class:`RecurrentClusteringAttention`.
         dispatch: "soft" or "hard", see :class:`FeatureDispatch`.
@@ -211,7 +211,7 @@ class ClusteringMixer(nn.Module):
         num_heads: int,
         head_dim: int = 32,
         window_size: int = 7,
-        centers_per_window: int = 2,
+        centres_per_window: int = 2,
         iterations: int = 3,
         temperature: str = "none",
         mstep_normalization: str = "mean",
@@ -219,15 +219,15 @@ class ClusteringMixer(nn.Module):
         dispatch: str = "soft",
     ) -> None:
         super().__init__()
-        if window_size < 1 or centers_per_window < 1:
+        if window_size < 1 or centres_per_window < 1:
             raise ValueError(
-                f"window_size and centers_per_window must be >= 1, got {window_size} and "
-                f"{centers_per_window}."
+                f"window_size and centres_per_window must be >= 1, got {window_size} and "
+                f"{centres_per_window}."
             )
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.window_size = window_size
-        self.centers_per_window = centers_per_window
+        self.centres_per_window = centres_per_window
         inner = num_heads * head_dim
         # Points, keys and values in one 1x1 convolution: channels ordered (Q|K|V, head, d).
         self.qkv = PointwiseConv2d(dim, 3 * inner)
@@ -243,7 +243,7 @@ class ClusteringMixer(nn.Module):
 
     @property
     def num_centres(self) -> int:
-        return self.centers_per_window**2
+        return self.centres_per_window**2
 
     def forward(
         self, x: Tensor, return_cluster_ids: bool = False
@@ -262,7 +262,7 @@ class ClusteringMixer(nn.Module):
             points, keys, values = windows.to(compute_dtype).unbind(0)  # (B, heads, nW, N, d)
             valid = valid_token_mask(geometry, x.device)
             pooling = centre_pooling_weights(
-                geometry, self.centers_per_window, x.device, compute_dtype
+                geometry, self.centres_per_window, x.device, compute_dtype
             )
             centres = torch.matmul(pooling, points)  # (B, heads, nW, K, d)
             centres, assignments = self.clustering(centres, keys, values, valid)
