@@ -17,7 +17,6 @@ docs/images/shapes_decoder_convergence.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -25,7 +24,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 if not __package__:  # run as a file: see tools/__init__.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from tools.experiments.ablation import REPO
-from tools.experiments.shapes_reference import CONFIG, _fmt, evaluations, provenance
+from tools.experiments.shapes_reference import (
+    CONFIG,
+    _fmt,
+    evaluations,
+    provenance,
+    write_report,
+)
 
 METRICS = ["panoptic_seg/PQ", "panoptic_seg/PQ_th", "segm/AP", "bbox/AP", "sem_seg/mIoU"]
 ARMS = ("clustering", "masked_attention")
@@ -135,12 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "curves": curves,
         "rows": comparison(curves),
     }
-    with open(REPORT + ".json", "w") as f:
-        json.dump(report, f, indent=2)
-    with open(REPORT + ".md", "w") as f:
-        f.write(markdown(report))
+    write_report(REPORT, report, markdown(report))
     plot(curves, PLOT)
-    print(markdown(report))
     return 0
 
 

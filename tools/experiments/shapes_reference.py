@@ -82,6 +82,15 @@ def provenance(script: str, argv: Optional[Sequence[str]]) -> Dict[str, str]:
     }
 
 
+def write_report(base: str, report: Dict, text: str) -> None:
+    """Writes ``base``.json (``report``) and ``base``.md (``text``), and prints ``text``."""
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    print(text)
+
+
 def published_metrics(results_path: str) -> Dict[str, float]:
     with open(results_path) as f:
         results = json.load(f)
@@ -173,12 +182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             os.path.join(args.run_dir, "published", "config.yaml")
         ),
     }
-    with open(REPORT + ".json", "w") as f:
-        json.dump(report, f, indent=2)
-    with open(REPORT + ".md", "w") as f:
-        f.write(markdown(report))
+    write_report(REPORT, report, markdown(report))
     plot(curve, PLOT)
-    print(markdown(report))
     return 0
 
 
