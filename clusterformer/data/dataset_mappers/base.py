@@ -414,13 +414,19 @@ class DatasetMapperBase(ABC):
                 "augmentations": test_augmentations_from_config(cfg),
                 "image_format": cfg.INPUT.FORMAT,
             }
-        return {"is_train": True, "image_format": cfg.INPUT.FORMAT, **cls.training_arguments(cfg)}
+        return {
+            "is_train": True,
+            "image_format": cfg.INPUT.FORMAT,
+            "num_classes": num_classes_for_training(cfg, cls.CLASS_LIST_KEY),
+            **cls.training_arguments(cfg),
+        }
 
     @classmethod
     @abstractmethod
     def training_arguments(cls, cfg: CfgNode) -> Dict[str, Any]:
-        """Constructor arguments for training besides ``is_train`` and ``image_format``: at least
-        ``augmentations``, usually ``num_classes``."""
+        """Constructor arguments for training besides ``is_train``, ``image_format`` and
+        ``num_classes`` (:func:`num_classes_for_training` of ``CLASS_LIST_KEY``): at least
+        ``augmentations``."""
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         if not self.is_train:

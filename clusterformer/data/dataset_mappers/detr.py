@@ -10,13 +10,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from .augmentations import detection_augmentations_from_config
-from .base import (
-    DatasetMapperBase,
-    add_training_outputs,
-    augment_and_pad,
-    num_classes_for_training,
-    register_mapper,
-)
+from .base import DatasetMapperBase, add_training_outputs, augment_and_pad, register_mapper
 from .targets import (
     annotation_classes,
     pop_instance_annotations,
@@ -62,7 +56,6 @@ class DETRDetectionDatasetMapper(DatasetMapperBase):
         return {
             "augmentations": detection_augmentations_from_config(cfg),
             "mask_on": cfg.MODEL.CLUSTER_DECODER.MASK_ON,
-            "num_classes": num_classes_for_training(cfg, cls.CLASS_LIST_KEY),
         }
 
     def map_for_training(self, dataset_dict: Dict[str, Any], image: np.ndarray) -> Dict[str, Any]:

@@ -9,13 +9,7 @@ import numpy as np
 from detectron2.config import CfgNode
 
 from .augmentations import lsj_augmentations_from_config
-from .base import (
-    DatasetMapperBase,
-    add_training_outputs,
-    augment_and_pad,
-    num_classes_for_training,
-    register_mapper,
-)
+from .base import DatasetMapperBase, add_training_outputs, augment_and_pad, register_mapper
 from .targets import (
     annotation_classes,
     instances_from_masks,
@@ -32,10 +26,7 @@ class LSJDatasetMapperBase(DatasetMapperBase):
 
     @classmethod
     def training_arguments(cls, cfg: CfgNode) -> Dict[str, Any]:
-        return {
-            "augmentations": lsj_augmentations_from_config(cfg),
-            "num_classes": num_classes_for_training(cfg, cls.CLASS_LIST_KEY),
-        }
+        return {"augmentations": lsj_augmentations_from_config(cfg)}
 
 
 @register_mapper("coco_panoptic_lsj")

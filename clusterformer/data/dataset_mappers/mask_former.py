@@ -21,7 +21,6 @@ from .base import (
     add_training_outputs,
     augment_and_pad,
     ignore_label_for_training,
-    num_classes_for_training,
     register_mapper,
 )
 from .targets import (
@@ -66,7 +65,6 @@ class MaskFormerRecipeMapperBase(DatasetMapperBase):
             "augmentations": semantic_augmentations_from_config(cfg, ignore_label),
             "ignore_label": ignore_label,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-            "num_classes": num_classes_for_training(cfg, cls.CLASS_LIST_KEY),
         }
 
     def augment_with_labels(self, image: np.ndarray, labels: np.ndarray) -> AugmentedSample:
