@@ -104,7 +104,4 @@ def register_all_ade20k_panoptic(root: str) -> None:
     already (by Mask2Former) is kept."""
     metadata = ade20k_panoptic_metadata()
     for name, paths in unregistered_splits(root, ADE20K_PANOPTIC_SPLITS):
-        image_root, panoptic_root, panoptic_json, sem_seg_root = paths
-        register_ade20k_panoptic(
-            name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root
-        )
+        register_ade20k_panoptic(name, metadata, *paths)

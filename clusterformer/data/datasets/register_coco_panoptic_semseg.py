@@ -94,13 +94,4 @@ def register_all_coco_panoptic_with_sem_seg(root: str) -> None:
     registered already (by Mask2Former) is kept."""
     metadata = coco_panoptic_metadata()
     for name, paths in unregistered_splits(root, COCO_PANOPTIC_WITH_SEM_SEG_SPLITS):
-        image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json = paths
-        register_coco_panoptic_with_sem_seg(
-            name,
-            metadata,
-            image_root,
-            panoptic_root,
-            panoptic_json,
-            sem_seg_root,
-            instances_json,
-        )
+        register_coco_panoptic_with_sem_seg(name, metadata, *paths)
