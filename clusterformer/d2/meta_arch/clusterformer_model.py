@@ -281,6 +281,8 @@ class ClusterFormer(ClusterFormerSegmenter):
                     outputs["pred_boxes"][i], padded_size, image_size, (height, width)
                 )
             result: Dict[str, Any] = {}
+            # The predictions of "instances": instance segmentation's, else box detection's.
+            instance_pred = None
             if self.mask_on:
                 mask_pred = resize_mask_logits(
                     outputs["pred_masks"][i], padded_size, image_size, (height, width)
@@ -296,29 +298,25 @@ class ClusterFormer(ClusterFormerSegmenter):
                         thing_ids=self.thing_ids,
                     )
                 if self.instance_on:
-                    result["instances"] = self._to_instances(
-                        instance_inference(
-                            mask_cls,
-                            mask_pred,
-                            test_topk_per_image=self.test_topk_per_image,
-                            thing_ids=self.thing_ids,
-                            panoptic_on=self.panoptic_on,
-                            box_pred=box_pred,
-                            class_activation=self.class_activation,
-                            largest_component=self.instance_largest_component,
-                        ),
-                        (height, width),
-                    )
-            if self.detection_on and "instances" not in result:
-                result["instances"] = self._to_instances(
-                    detection_inference(
+                    instance_pred = instance_inference(
                         mask_cls,
-                        box_pred,
+                        mask_pred,
                         test_topk_per_image=self.test_topk_per_image,
+                        thing_ids=self.thing_ids,
+                        panoptic_on=self.panoptic_on,
+                        box_pred=box_pred,
                         class_activation=self.class_activation,
-                    ),
-                    (height, width),
+                        largest_component=self.instance_largest_component,
+                    )
+            if instance_pred is None and self.detection_on:
+                instance_pred = detection_inference(
+                    mask_cls,
+                    box_pred,
+                    test_topk_per_image=self.test_topk_per_image,
+                    class_activation=self.class_activation,
                 )
+            if instance_pred is not None:
+                result["instances"] = self._to_instances(instance_pred, (height, width))
             if assignment is not None:
                 stride_h = padded_size[0] / assignment.shape[-2]
                 stride_w = padded_size[1] / assignment.shape[-1]
