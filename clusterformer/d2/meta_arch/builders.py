@@ -113,8 +113,8 @@ def build_transformer_decoder(cfg: CfgNode) -> ClusteringTransformerDecoder:
     """``MODEL.CLUSTER_DECODER`` -> the clustering (or masked-attention) transformer decoder."""
     h, d = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.CLUSTER_DECODER
     return ClusteringTransformerDecoder(
-        h.CONVS_DIM,
-        h.NUM_CLASSES,
+        in_channels=h.CONVS_DIM,
+        num_classes=h.NUM_CLASSES,
         hidden_dim=d.HIDDEN_DIM,
         num_queries=d.NUM_OBJECT_QUERIES,
         nheads=d.NHEADS,
