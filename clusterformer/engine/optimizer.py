@@ -128,10 +128,10 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     clip = s.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
         optimizer_cls = _with_full_model_clipping(optimizer_cls, clip.CLIP_VALUE, clip.NORM_TYPE)
-        optimizer = optimizer_cls(groups, lr=s.BASE_LR, **kwargs)
     else:
         # Detectron2 handles the per-parameter "value" and "norm" modes (and raises on others).
-        optimizer = maybe_add_gradient_clipping(cfg, optimizer_cls)(groups, lr=s.BASE_LR, **kwargs)
+        optimizer_cls = maybe_add_gradient_clipping(cfg, optimizer_cls)
+    optimizer = optimizer_cls(groups, lr=s.BASE_LR, **kwargs)
     for group in groups:
         logger.info(
             "Optimizer group: lr=%g weight_decay=%g, %d parameters",
