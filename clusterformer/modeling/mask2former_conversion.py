@@ -86,32 +86,25 @@ def _listing(keys: Sequence[str]) -> str:
 
 _D2_PIXEL = "sem_seg_head.pixel_decoder."
 _D2_DECODER = "sem_seg_head.predictor."
+_D2_ENCODER_LAYER = _D2_PIXEL + "transformer.encoder.layers.{i}."
+_D2_CROSS = _D2_DECODER + "transformer_cross_attention_layers.{i}."
+_D2_SELF = _D2_DECODER + "transformer_self_attention_layers.{i}."
 _PD, _TD = PIXEL_DECODER_PREFIX, DECODER_PREFIX
+_PD_ENCODER_LAYER = _PD + "encoder.layers.{i}."
+_TD_CROSS = _TD + "cross_attention_layers.{i}."
+_TD_SELF = _TD + "self_attention_layers.{i}."
+_TD_FFN = _TD + "ffn_layers.{i}."
+_TD_HEADS = _TD + "prediction_heads."
 
 DETECTRON2_RULES: Tuple[Tuple[str, str], ...] = (
     # pixel decoder (MSDeformAttnPixelDecoder)
     (_D2_PIXEL + "input_proj.{i}.{j}.{p}", _PD + "input_proj.{i}.{j}.{p}"),
     (_D2_PIXEL + "transformer.level_embed", _PD + "encoder.level_embed"),
-    (
-        _D2_PIXEL + "transformer.encoder.layers.{i}.self_attn.{m}.{p}",
-        _PD + "encoder.layers.{i}.self_attn.{m}.{p}",
-    ),
-    (
-        _D2_PIXEL + "transformer.encoder.layers.{i}.norm1.{p}",
-        _PD + "encoder.layers.{i}.norm_attn.{p}",
-    ),
-    (
-        _D2_PIXEL + "transformer.encoder.layers.{i}.linear1.{p}",
-        _PD + "encoder.layers.{i}.linear1.{p}",
-    ),
-    (
-        _D2_PIXEL + "transformer.encoder.layers.{i}.linear2.{p}",
-        _PD + "encoder.layers.{i}.linear2.{p}",
-    ),
-    (
-        _D2_PIXEL + "transformer.encoder.layers.{i}.norm2.{p}",
-        _PD + "encoder.layers.{i}.norm_ffn.{p}",
-    ),
+    (_D2_ENCODER_LAYER + "self_attn.{m}.{p}", _PD_ENCODER_LAYER + "self_attn.{m}.{p}"),
+    (_D2_ENCODER_LAYER + "norm1.{p}", _PD_ENCODER_LAYER + "norm_attn.{p}"),
+    (_D2_ENCODER_LAYER + "linear1.{p}", _PD_ENCODER_LAYER + "linear1.{p}"),
+    (_D2_ENCODER_LAYER + "linear2.{p}", _PD_ENCODER_LAYER + "linear2.{p}"),
+    (_D2_ENCODER_LAYER + "norm2.{p}", _PD_ENCODER_LAYER + "norm_ffn.{p}"),
     (_D2_PIXEL + "mask_features.{p}", _PD + "mask_features.{p}"),
     # Detectron2's Conv2d keeps its norm as a submodule ``norm``; a conv without norm has a bias.
     (_D2_PIXEL + "adapter_{fpn}.weight", _PD + "lateral_convs.{fpn}.0.weight"),
@@ -125,37 +118,20 @@ DETECTRON2_RULES: Tuple[Tuple[str, str], ...] = (
     (_D2_DECODER + "query_embed.weight", _TD + "query_embed.weight"),
     (_D2_DECODER + "level_embed.weight", _TD + "level_embed.weight"),
     (_D2_DECODER + "input_proj.{i}.{p}", _TD + "input_proj.{i}.{p}"),
-    (
-        _D2_DECODER + "transformer_cross_attention_layers.{i}.multihead_attn.in_proj_{p}",
-        _TD + "cross_attention_layers.{i}.in_proj_{p}",
-    ),
-    (
-        _D2_DECODER + "transformer_cross_attention_layers.{i}.multihead_attn.out_proj.{p}",
-        _TD + "cross_attention_layers.{i}.out_proj.{p}",
-    ),
-    (
-        _D2_DECODER + "transformer_cross_attention_layers.{i}.norm.{p}",
-        _TD + "cross_attention_layers.{i}.norm.{p}",
-    ),
-    (
-        _D2_DECODER + "transformer_self_attention_layers.{i}.self_attn.in_proj_{p}",
-        _TD + "self_attention_layers.{i}.attn.in_proj_{p}",
-    ),
-    (
-        _D2_DECODER + "transformer_self_attention_layers.{i}.self_attn.out_proj.{p}",
-        _TD + "self_attention_layers.{i}.attn.out_proj.{p}",
-    ),
-    (
-        _D2_DECODER + "transformer_self_attention_layers.{i}.norm.{p}",
-        _TD + "self_attention_layers.{i}.norm.{p}",
-    ),
-    (_D2_DECODER + "transformer_ffn_layers.{i}.{m}.{p}", _TD + "ffn_layers.{i}.{m}.{p}"),
-    (_D2_DECODER + "decoder_norm.{p}", _TD + "prediction_heads.norm.{p}"),
-    (_D2_DECODER + "class_embed.{p}", _TD + "prediction_heads.class_embed.{p}"),
-    (_D2_DECODER + "mask_embed.layers.{i}.{p}", _TD + "prediction_heads.mask_embed.layers.{i}.{p}"),
+    (_D2_CROSS + "multihead_attn.in_proj_{p}", _TD_CROSS + "in_proj_{p}"),
+    (_D2_CROSS + "multihead_attn.out_proj.{p}", _TD_CROSS + "out_proj.{p}"),
+    (_D2_CROSS + "norm.{p}", _TD_CROSS + "norm.{p}"),
+    (_D2_SELF + "self_attn.in_proj_{p}", _TD_SELF + "attn.in_proj_{p}"),
+    (_D2_SELF + "self_attn.out_proj.{p}", _TD_SELF + "attn.out_proj.{p}"),
+    (_D2_SELF + "norm.{p}", _TD_SELF + "norm.{p}"),
+    (_D2_DECODER + "transformer_ffn_layers.{i}.{m}.{p}", _TD_FFN + "{m}.{p}"),
+    (_D2_DECODER + "decoder_norm.{p}", _TD_HEADS + "norm.{p}"),
+    (_D2_DECODER + "class_embed.{p}", _TD_HEADS + "class_embed.{p}"),
+    (_D2_DECODER + "mask_embed.layers.{i}.{p}", _TD_HEADS + "mask_embed.layers.{i}.{p}"),
 )
 
 _HF_PIXEL = "model.pixel_level_module.decoder."
+_HF_ENCODER_LAYER = _HF_PIXEL + "encoder.layers.{i}."
 _HF_MODULE = "model.transformer_module."
 _HF_LAYER = _HF_MODULE + "decoder.layers.{i}."
 
@@ -163,20 +139,11 @@ TRANSFORMERS_RULES: Tuple[Tuple[str, str], ...] = (
     # pixel decoder (Mask2FormerPixelDecoder)
     (_HF_PIXEL + "input_projections.{i}.{j}.{p}", _PD + "input_proj.{i}.{j}.{p}"),
     (_HF_PIXEL + "level_embed", _PD + "encoder.level_embed"),
-    (
-        _HF_PIXEL + "encoder.layers.{i}.self_attn.{m}.{p}",
-        _PD + "encoder.layers.{i}.self_attn.{m}.{p}",
-    ),
-    (
-        _HF_PIXEL + "encoder.layers.{i}.self_attn_layer_norm.{p}",
-        _PD + "encoder.layers.{i}.norm_attn.{p}",
-    ),
-    (_HF_PIXEL + "encoder.layers.{i}.fc1.{p}", _PD + "encoder.layers.{i}.linear1.{p}"),
-    (_HF_PIXEL + "encoder.layers.{i}.fc2.{p}", _PD + "encoder.layers.{i}.linear2.{p}"),
-    (
-        _HF_PIXEL + "encoder.layers.{i}.final_layer_norm.{p}",
-        _PD + "encoder.layers.{i}.norm_ffn.{p}",
-    ),
+    (_HF_ENCODER_LAYER + "self_attn.{m}.{p}", _PD_ENCODER_LAYER + "self_attn.{m}.{p}"),
+    (_HF_ENCODER_LAYER + "self_attn_layer_norm.{p}", _PD_ENCODER_LAYER + "norm_attn.{p}"),
+    (_HF_ENCODER_LAYER + "fc1.{p}", _PD_ENCODER_LAYER + "linear1.{p}"),
+    (_HF_ENCODER_LAYER + "fc2.{p}", _PD_ENCODER_LAYER + "linear2.{p}"),
+    (_HF_ENCODER_LAYER + "final_layer_norm.{p}", _PD_ENCODER_LAYER + "norm_ffn.{p}"),
     (_HF_PIXEL + "mask_projection.{p}", _PD + "mask_features.{p}"),
     # nn.Sequential(conv, GroupNorm[, ReLU]): the same indices as this project's ConvNormAct.
     (_HF_PIXEL + "adapter_{fpn}.{j}.{p}", _PD + "lateral_convs.{fpn}.{j}.{p}"),
@@ -186,22 +153,22 @@ TRANSFORMERS_RULES: Tuple[Tuple[str, str], ...] = (
     (_HF_MODULE + "queries_embedder.weight", _TD + "query_embed.weight"),
     (_HF_MODULE + "level_embed.weight", _TD + "level_embed.weight"),
     (_HF_MODULE + "input_projections.{i}.{p}", _TD + "input_proj.{i}.{p}"),
-    (_HF_LAYER + "cross_attn.in_proj_{p}", _TD + "cross_attention_layers.{i}.in_proj_{p}"),
-    (_HF_LAYER + "cross_attn.out_proj.{p}", _TD + "cross_attention_layers.{i}.out_proj.{p}"),
-    (_HF_LAYER + "cross_attn_layer_norm.{p}", _TD + "cross_attention_layers.{i}.norm.{p}"),
+    (_HF_LAYER + "cross_attn.in_proj_{p}", _TD_CROSS + "in_proj_{p}"),
+    (_HF_LAYER + "cross_attn.out_proj.{p}", _TD_CROSS + "out_proj.{p}"),
+    (_HF_LAYER + "cross_attn_layer_norm.{p}", _TD_CROSS + "norm.{p}"),
     # transformers' self-attention has q/k/v projections: fused into in_proj_* before renaming.
-    (_HF_LAYER + "self_attn.in_proj_{p}", _TD + "self_attention_layers.{i}.attn.in_proj_{p}"),
-    (_HF_LAYER + "self_attn.out_proj.{p}", _TD + "self_attention_layers.{i}.attn.out_proj.{p}"),
-    (_HF_LAYER + "self_attn_layer_norm.{p}", _TD + "self_attention_layers.{i}.norm.{p}"),
-    (_HF_LAYER + "fc1.{p}", _TD + "ffn_layers.{i}.linear1.{p}"),
-    (_HF_LAYER + "fc2.{p}", _TD + "ffn_layers.{i}.linear2.{p}"),
-    (_HF_LAYER + "final_layer_norm.{p}", _TD + "ffn_layers.{i}.norm.{p}"),
-    (_HF_MODULE + "decoder.layernorm.{p}", _TD + "prediction_heads.norm.{p}"),
+    (_HF_LAYER + "self_attn.in_proj_{p}", _TD_SELF + "attn.in_proj_{p}"),
+    (_HF_LAYER + "self_attn.out_proj.{p}", _TD_SELF + "attn.out_proj.{p}"),
+    (_HF_LAYER + "self_attn_layer_norm.{p}", _TD_SELF + "norm.{p}"),
+    (_HF_LAYER + "fc1.{p}", _TD_FFN + "linear1.{p}"),
+    (_HF_LAYER + "fc2.{p}", _TD_FFN + "linear2.{p}"),
+    (_HF_LAYER + "final_layer_norm.{p}", _TD_FFN + "norm.{p}"),
+    (_HF_MODULE + "decoder.layernorm.{p}", _TD_HEADS + "norm.{p}"),
     (
         _HF_MODULE + "decoder.mask_predictor.mask_embedder.{i}.0.{p}",
-        _TD + "prediction_heads.mask_embed.layers.{i}.{p}",
+        _TD_HEADS + "mask_embed.layers.{i}.{p}",
     ),
-    ("class_predictor.{p}", _TD + "prediction_heads.class_embed.{p}"),
+    ("class_predictor.{p}", _TD_HEADS + "class_embed.{p}"),
 )
 
 RULES = {"detectron2": DETECTRON2_RULES, "transformers": TRANSFORMERS_RULES}
@@ -327,6 +294,8 @@ def _split_qkv(state: Dict[str, Any], prefix_pattern: str) -> Dict[str, Any]:
 
 
 _OUR_CROSS = re.escape(DECODER_PREFIX) + r"cross_attention_layers\.\d+\."
+# transformers' query self-attention, whose q/k/v projections are separate.
+_HF_SELF_ATTN = re.escape(_HF_MODULE) + r"decoder\.layers\.\d+\.self_attn\."
 
 
 # ---- detection and conversion ---------------------------------------------------------------
@@ -430,9 +399,7 @@ def convert_mask2former(
         else:
             skipped[key] = why
     if source_format == "transformers":
-        convertible = _fuse_qkv(
-            convertible, re.escape(_HF_MODULE) + r"decoder\.layers\.\d+\.self_attn\.", r"\1"
-        )
+        convertible = _fuse_qkv(convertible, _HF_SELF_ATTN, r"\1")
     renamed, unmapped = _rename(convertible, RULES[source_format])
     if unmapped and strict:
         raise Mask2FormerConversionError(
@@ -444,6 +411,23 @@ def convert_mask2former(
     return Conversion(converted, source_format, skipped, sorted(unmapped))
 
 
+def _rename_ours(
+    state: Mapping[str, Tensor], rules: Sequence[Tuple[str, str]], scheme: str
+) -> Dict[str, Tensor]:
+    """This project's decoder weights (cross-attention q/k/v fused) renamed by ``rules`` read
+    backwards; raises naming ``scheme`` for a decoder key no rule knows."""
+    state = _strip_wrappers(state)
+    ours = {k: v for k, v in state.items() if k.startswith((PIXEL_DECODER_PREFIX, DECODER_PREFIX))}
+    fused = _fuse_qkv(ours, _OUR_CROSS, r"\1")
+    renamed, unmapped = _rename(fused, tuple((dst, src) for src, dst in rules))
+    if unmapped:
+        raise Mask2FormerConversionError(
+            f"{len(unmapped)} decoder key(s) have no {scheme} counterpart: "
+            f"{_listing(sorted(unmapped))}"
+        )
+    return renamed
+
+
 def to_detectron2_mask2former(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     """This project's decoder weights (``pixel_decoder.*``, ``transformer_decoder.*``; other keys
     are left out) under Detectron2 Mask2Former's names: the inverse of
@@ -452,17 +436,7 @@ def to_detectron2_mask2former(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     Raises :class:`Mask2FormerConversionError` for a decoder key Mask2Former has no counterpart
     of (e.g. a clustering decoder's box head, or a semantic head).
     """
-    state = _strip_wrappers(state)
-    ours = {k: v for k, v in state.items() if k.startswith((PIXEL_DECODER_PREFIX, DECODER_PREFIX))}
-    fused = _fuse_qkv(ours, _OUR_CROSS, r"\1")
-    inverse = tuple((dst, src) for src, dst in DETECTRON2_RULES)
-    renamed, unmapped = _rename(fused, inverse)
-    if unmapped:
-        raise Mask2FormerConversionError(
-            f"{len(unmapped)} decoder key(s) have no Mask2Former counterpart: "
-            f"{_listing(sorted(unmapped))}"
-        )
-    return renamed
+    return _rename_ours(state, DETECTRON2_RULES, "Mask2Former")
 
 
 _INVERSE_PATTERNS = [_compile(dst) for _, dst in DETECTRON2_RULES]
@@ -531,17 +505,8 @@ def to_transformers_mask2former(state: Mapping[str, Tensor]) -> Dict[str, Tensor
     """This project's decoder weights under transformers ``Mask2FormerForUniversalSegmentation``'s
     names (without its backbone): the inverse of ``convert_mask2former(..., "transformers")``.
     Raises :class:`Mask2FormerConversionError` for a key transformers has no counterpart of."""
-    state = _strip_wrappers(state)
-    ours = {k: v for k, v in state.items() if k.startswith((PIXEL_DECODER_PREFIX, DECODER_PREFIX))}
-    fused = _fuse_qkv(ours, _OUR_CROSS, r"\1")
-    renamed, unmapped = _rename(fused, tuple((dst, src) for src, dst in TRANSFORMERS_RULES))
-    if unmapped:
-        raise Mask2FormerConversionError(
-            f"{len(unmapped)} decoder key(s) have no transformers Mask2Former counterpart: "
-            f"{_listing(sorted(unmapped))}"
-        )
-    # transformers' query self-attention has separate q/k/v projections.
-    return _split_qkv(renamed, re.escape(_HF_MODULE) + r"decoder\.layers\.\d+\.self_attn\.")
+    renamed = _rename_ours(state, TRANSFORMERS_RULES, "transformers Mask2Former")
+    return _split_qkv(renamed, _HF_SELF_ATTN)
 
 
 # ---- checks against a model -----------------------------------------------------------------
