@@ -213,11 +213,11 @@ dry=()
 run_step build_cuda 200
 
 # ---- 3. CUDA tests -------------------------------------------------------------------------
-# Only the files that have `cuda` tests are collected: collecting all of tests/core costs more
-# than these tests take, and its module-level skips (a missing optional package) would be
-# counted as skipped tests.
-mapfile -t cuda_test_files < <(grep -l "pytest.mark.cuda" tests/core/test_*.py)
-[ ${#cuda_test_files[@]} -gt 0 ] || cuda_test_files=(tests/core)
+# Only the files that have `cuda` tests are collected: collecting all of tests/ costs more than
+# these tests take, and its module-level skips (a missing optional package) would be counted as
+# skipped tests.
+mapfile -t cuda_test_files < <(grep -rl --include="test_*.py" "pytest.mark.cuda" tests | sort)
+[ ${#cuda_test_files[@]} -gt 0 ] || cuda_test_files=(tests)
 gpu=("$PYTHON" -m pytest "${cuda_test_files[@]}" -m cuda -p no:cacheprovider -q
   --junitxml="$OUT/cuda_tests.xml")
 dry=("${gpu[@]}")

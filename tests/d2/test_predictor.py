@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
+from d2_config import make_cfg
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
-from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG
+from train_net_helpers import CLS_CONFIG, PANOPTIC_CONFIG
 
-from clusterformer import ClusterFormerPredictor, add_clusterformer_config
+from clusterformer import ClusterFormerPredictor
 from clusterformer.d2.predictor import (
     ClusterMaps,
     decoder_cluster_ids,
@@ -22,14 +22,6 @@ from clusterformer.data.dataset_mappers import InputGeometry, build_test_transfo
 from clusterformer.data.image_io import read_image_uint8
 from clusterformer.engine import Trainer, UnsafeCheckpointError
 from clusterformer.utils.visualizer import decoder_cluster_labels
-
-
-def make_cfg(config_file: str, weights: str = "", *opts: str):
-    cfg = get_cfg()
-    add_clusterformer_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(["MODEL.WEIGHTS", weights, "DATALOADER.NUM_WORKERS", "0", *opts])
-    return cfg
 
 
 def assert_same_outputs(actual: dict, expected: dict) -> None:

@@ -188,7 +188,7 @@ def build_core_model(
     :data:`CONFIG` (nano backbone, 64-d pixel decoder with 2 deformable layers, 6-layer
     clustering decoder with 20 queries and mask-shape class inputs, 7 classes), as a
     ``ClusterFormerSegmenter`` with its ``criterion``; random init, as there (MODEL.WEIGHTS is
-    loaded by the checkpointer, not by build_model). tests/core/test_gpu_check.py checks its
+    loaded by the checkpointer, not by build_model). tests/tools/test_gpu_check.py checks its
     parameters against Trainer.build_model where detectron2 is installed. ``package``: the
     name the package is imported under (tools/compare_revisions.py imports a second revision
     under another name)."""

@@ -9,7 +9,7 @@ published weights.
 float16 and re-evaluates them into ``RUN_DIR/published``, then runs this script. It reads
 ``RUN_DIR/metrics.json`` and ``RUN_DIR/published/eval_results.json`` and writes
 docs/experiments/shapes_reference.{json,md} and docs/images/shapes_reference_curves.png. The
-``published`` metrics are those tests/d2/test_reference_model.py re-evaluates.
+``published`` metrics are those tests/tools/experiments/test_reference_model.py re-evaluates.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def markdown(report: Dict) -> str:
         "Every row but the last is the evaluation of the run at that iteration (float32), "
         f"instance masks and boxes {_components(report['curve_largest_component'])}. The last "
         "row re-evaluates the published float16 weights with the config as it is now "
-        f"(tests/d2/test_reference_model.py checks it), instance masks and boxes "
+        f"(tests/tools/experiments/test_reference_model.py checks it), instance masks and boxes "
         f"{_components(report['published_largest_component'])} "
         "(`MODEL.CLUSTER_DECODER.TEST.INSTANCE_LARGEST_COMPONENT`, docs/design_choices.md).",
         "",

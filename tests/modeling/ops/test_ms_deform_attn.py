@@ -24,7 +24,9 @@ from clusterformer.modeling.ops import MSDeformAttn, ms_deform_attn, ms_deform_a
 # The package re-exports the function under the module's name, so fetch the module itself.
 msda = importlib.import_module("clusterformer.modeling.ops.ms_deform_attn")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)
 NOT_BUILT = (
     f"clusterformer._C is not built ({msda._C_IMPORT_ERROR}); "
     "run `python setup.py build_ext --inplace`"

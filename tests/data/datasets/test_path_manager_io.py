@@ -171,7 +171,7 @@ def test_missing_remote_files_are_named(dataset):
 
 
 def test_demo_accepts_inputs_the_path_manager_serves(dataset):
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "demo.py")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "demo", "demo.py")
     spec = importlib.util.spec_from_file_location("clusterformer_demo_path_manager", path)
     demo = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = demo  # dataclasses look their module up while it executes

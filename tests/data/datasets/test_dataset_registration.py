@@ -34,7 +34,7 @@ from clusterformer.data.datasets.dataset_paths import datasets_root
 from clusterformer.data.datasets.register_ade20k_panoptic import ade20k_panoptic_metadata
 from clusterformer.data.datasets.register_coco_panoptic_semseg import coco_panoptic_metadata
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "datasets"
+SCRIPTS = Path(__file__).resolve().parents[3] / "datasets"
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -27,7 +27,9 @@ from clusterformer.data.datasets.shapes import ShapesConfig, is_up_to_date
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)
 CONFIG = ShapesConfig(
     num_train_images=3,
     num_val_images=12,

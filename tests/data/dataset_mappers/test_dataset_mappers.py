@@ -57,7 +57,7 @@ from clusterformer.data.datasets import (
 from clusterformer.data.datasets.register_ade20k_panoptic import ade20k_panoptic_metadata
 from clusterformer.data.datasets.register_coco_panoptic_semseg import coco_panoptic_metadata
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "datasets"
+SCRIPTS = Path(__file__).resolve().parents[3] / "datasets"
 METADATA_KEYS = {"file_name", "image_id", "height", "width"}
 SEGMENTATION_MAPPERS = (
     "coco_panoptic_lsj",

@@ -2,7 +2,7 @@
 segmentation with predicted boxes, each trained briefly and evaluated by COCOEvaluator."""
 
 import pytest
-from test_train_net import read_eval, read_metrics, run_train_net
+from train_net_helpers import read_eval, read_metrics, run_train_net
 
 DETECTION_CONFIG = "configs/shapes/detection/clusterformer_nano.yaml"
 INSTANCE_BOXES_CONFIG = "configs/shapes/instance-segmentation/clusterformer_nano_boxes.yaml"

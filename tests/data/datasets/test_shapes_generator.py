@@ -1,6 +1,6 @@
 """The shapes generator: determinism, mutual consistency of its formats, caching, concurrency.
 
-No detectron2 here: tests/d2/test_shapes_registration.py runs the Detectron2 evaluators on it.
+No detectron2 here: tests/data/datasets/test_shapes_registration.py runs the Detectron2 evaluators on it.
 """
 
 import dataclasses
@@ -33,7 +33,9 @@ from clusterformer.data.datasets.shapes import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)
 # Small, but with every case: RLE instances, multi-polygon instances, void pixels (the high
 # min_visible_area drops heavily occluded things).
 SMALL = ShapesConfig(

@@ -1,7 +1,7 @@
 """demo/demo.py on real photographs (scikit-image's samples), videos and awkward files.
 
 The demo runs in-process (its ``main`` returns a summary) with checkpoints trained once per
-session (tests/d2/conftest.py); one test runs it as a command to check the exit status and the
+session (tests/conftest.py); one test runs it as a command to check the exit status and the
 report. A 20-iteration model's class scores stay far below the default panoptic thresholds (0.8),
 so the panoptic config runs with both thresholds at 0 to give it segments to draw.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
-from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG, REPO
+from train_net_helpers import CLS_CONFIG, PANOPTIC_CONFIG, REPO
 
 from clusterformer.data.image_io import read_image_uint8
 
@@ -343,7 +343,7 @@ def test_show_clusters_writes_one_map_per_stage(run_demo, photos, tmp_path):
 
 def test_cluster_maps_have_several_clusters(shapes_panoptic_checkpoint, photos):
     """What --show-clusters draws: at least two clusters in every stage and in the decoder."""
-    from test_predictor import make_cfg
+    from d2_config import make_cfg
 
     from clusterformer import ClusterFormerPredictor
     from clusterformer.utils.visualizer import render_cluster_maps

@@ -288,7 +288,9 @@ def test_backbone_package_imports_without_detectron2():
         "assert set(out) == {'res2', 'res3', 'res4', 'res5'}\n"
         "assert not any(m.startswith('detectron2.') for m in sys.modules)\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    )
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

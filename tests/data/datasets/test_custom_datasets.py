@@ -16,6 +16,7 @@ from typing import Tuple
 
 import pytest
 import torch
+from d2_config import make_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import (
     load_sem_seg,
@@ -23,7 +24,6 @@ from detectron2.data.datasets import (
     register_coco_panoptic,
     register_coco_panoptic_separated,
 )
-from test_predictor import make_cfg
 from train_net_helpers import PANOPTIC_CONFIG
 
 from clusterformer import ClusterFormerPredictor

@@ -1,6 +1,6 @@
 """train_net.py with injected faults, for the reliability tests (run as a script).
 
-    python tests/d2/inject_faults.py --fault sigterm@5 -- --config-file ... KEY VALUE ...
+    python tests/support/inject_faults.py --fault sigterm@5 -- --config-file ... KEY VALUE ...
 
 Faults (``KIND@ITERATION``, several allowed):
 

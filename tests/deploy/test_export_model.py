@@ -1,5 +1,5 @@
 """tools/deploy/export_model.py and ExportedPredictor on shapes models trained for this session
-(tests/d2/conftest.py): the exports' raw outputs match the eager model within 1e-4, and the
+(tests/conftest.py): the exports' raw outputs match the eager model within 1e-4, and the
 Detectron2 outputs made from them by the shared post-processing (panoptic PNG, segments,
 semantic scores, instances) are those of ClusterFormerPredictor on validation images."""
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
-from test_train_net import CLS_CONFIG, PANOPTIC_CONFIG, REPO
+from train_net_helpers import CLS_CONFIG, PANOPTIC_CONFIG, REPO
 
 from clusterformer import ClusterFormerPredictor, add_clusterformer_config
 from clusterformer.data.image_io import read_image_uint8

@@ -2,14 +2,7 @@
 helpers in train_net_helpers.py)."""
 
 import pytest
-from train_net_helpers import (  # noqa: F401  (REPO: kept importable from here)
-    CLS_CONFIG,
-    PANOPTIC_CONFIG,
-    REPO,
-    read_eval,
-    read_metrics,
-    run_train_net,
-)
+from train_net_helpers import CLS_CONFIG, PANOPTIC_CONFIG, read_eval, read_metrics, run_train_net
 
 pytestmark = pytest.mark.slow
 
