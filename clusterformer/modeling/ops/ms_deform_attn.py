@@ -215,7 +215,7 @@ def _disabled_by_environment() -> bool:
 # calls this function at trace time and keeps the result as a constant of the graph. This is what
 # torch.compiler.assume_constant_result(fn) does (it sets this attribute, on torch 2.3 and 2.14
 # alike); set directly because that function imports torch._dynamo, which costs every process a
-# second at import. tests/core/test_compile.py (fullgraph=True) fails if dynamo stops honouring it.
+# second at import. tests/modeling/test_compile.py (fullgraph=True) fails if dynamo stops honouring it.
 _disabled_by_environment._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
