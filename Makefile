@@ -15,7 +15,6 @@ RUN_OUTPUT ?= output/shapes_panoptic
 REFERENCE_MODEL_CONFIG ?= configs/shapes/panoptic-segmentation/clusterformer_nano_reference.yaml
 REFERENCE_MODEL_OUTPUT ?= output/shapes_panoptic_reference
 REFERENCE_MODEL_WEIGHTS ?= checkpoints/shapes/clusterformer_nano_shapes_panoptic.pth
-MASKED_ATTENTION_OUTPUT ?= output/shapes_panoptic_reference_masked_attention
 PYTEST_ARGS ?=
 
 export PYTHONDONTWRITEBYTECODE := 1
@@ -28,7 +27,7 @@ help:
 	@echo "make test   - set up both environments if missing, run the whole test suite"
 	@echo "make lint   - ruff check + format check"
 	@echo "make reference-model - train (resumably) and publish the reference shapes model (~1 h)"
-	@echo "make decoder-convergence - the reference recipe with masked attention too, compared (~2 h)"
+	@echo "make decoder-convergence SEED=n - the reference recipe with both decoders, one seed, compared (~2 h)"
 
 # ---- environments -------------------------------------------------------------------------
 # An environment is (re)created when it is missing or its requirements file's content changed:
@@ -118,17 +117,21 @@ reference-model: build
 	$(PY) tools/experiments/shapes_reference.py $(REFERENCE_MODEL_OUTPUT) \
 	  --weights $(REFERENCE_MODEL_WEIGHTS)
 
-# The reference recipe with each decoder, one thread each side by side (resumable), compared at
-# every evaluation: docs/experiments/shapes_decoder_convergence.md.
+# The reference recipe with each decoder, one thread each side by side (resumable), for one seed
+# (SEED=0, 1, 2, ...), compared at every evaluation; the report is the mean over every seed
+# recorded so far: docs/experiments/shapes_decoder_convergence.md.
+SEED ?= 0
+CONVERGENCE_OUTPUT = output/shapes_decoder_convergence/seed$(SEED)
 decoder-convergence: build
 	OMP_NUM_THREADS=1 $(PY) train_net.py --config-file $(REFERENCE_MODEL_CONFIG) --num-gpus 1 \
-	  --resume OUTPUT_DIR $(REFERENCE_MODEL_OUTPUT) MODEL.DEVICE cpu & clustering=$$!; \
+	  --resume OUTPUT_DIR $(CONVERGENCE_OUTPUT)/clustering MODEL.DEVICE cpu SEED $(SEED) \
+	  & clustering=$$!; \
 	OMP_NUM_THREADS=1 $(PY) train_net.py --config-file $(REFERENCE_MODEL_CONFIG) --num-gpus 1 \
-	  --resume OUTPUT_DIR $(MASKED_ATTENTION_OUTPUT) MODEL.DEVICE cpu \
+	  --resume OUTPUT_DIR $(CONVERGENCE_OUTPUT)/masked_attention MODEL.DEVICE cpu SEED $(SEED) \
 	  MODEL.CLUSTER_DECODER.CROSS_ATTENTION masked_attention & masked=$$!; \
 	wait $$clustering && wait $$masked
-	$(PY) tools/experiments/shapes_decoder_convergence.py $(REFERENCE_MODEL_OUTPUT) \
-	  $(MASKED_ATTENTION_OUTPUT)
+	$(PY) tools/experiments/shapes_decoder_convergence.py $(CONVERGENCE_OUTPUT)/clustering \
+	  $(CONVERGENCE_OUTPUT)/masked_attention
 
 # One intra-op thread per test process (unless OMP_NUM_THREADS is set): the tests' tensors are
 # small, several tests start training subprocesses, and on a 2-core machine more threads than

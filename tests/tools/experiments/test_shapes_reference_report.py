@@ -61,12 +61,14 @@ def test_the_flag_is_read_from_each_config(tmp_path):
     assert reference.largest_component(str(tmp_path / "old.yaml")) is False
 
 
-def _run_dir(tmp_path, name, decoder, values):
+def _run_dir(tmp_path, name, decoder, values, seed=0):
     run = tmp_path / name
     run.mkdir()
     cross_attention = f"    CROSS_ATTENTION: {decoder}\n" if decoder else ""
     (run / "config.yaml").write_text(
-        "MODEL:\n  CLUSTER_DECODER:\n" + cross_attention + "SOLVER:\n  MAX_ITER: 2000\n"
+        "MODEL:\n  CLUSTER_DECODER:\n"
+        + cross_attention
+        + f"SEED: {seed}\nSOLVER:\n  MAX_ITER: 2000\n"
     )
     lines = [
         {"iteration": 999 + 1000 * i, **dict.fromkeys(reference.METRICS, v)}
@@ -76,25 +78,70 @@ def _run_dir(tmp_path, name, decoder, values):
     return str(run)
 
 
-def test_decoder_convergence_compares_the_arms_at_common_iterations(tmp_path, monkeypatch):
+@pytest.fixture
+def convergence(tmp_path, monkeypatch):
     from tools.experiments import shapes_decoder_convergence as convergence
 
     monkeypatch.setattr(convergence, "REPORT", str(tmp_path / "report"))
+    monkeypatch.setattr(convergence, "RUNS", str(tmp_path / "runs"))
     monkeypatch.setattr(convergence, "PLOT", str(tmp_path / "curves.png"))
+    return convergence
+
+
+def test_decoder_convergence_compares_the_arms_at_common_iterations(tmp_path, convergence):
     clustering = _run_dir(tmp_path, "clustering", None, [10.0, 30.0])
     masked = _run_dir(tmp_path, "masked", "masked_attention", [12.0])
     assert convergence.main([clustering, masked]) == 0
+    assert json.loads((tmp_path / "runs" / "seed_0.json").read_text())["seed"] == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert [row["iteration"] for row in report["rows"]] == [1000]
-    assert report["rows"][0]["difference:panoptic_seg/PQ_th"] == -2.0
+    rows = report["by_seed"]["0"]["rows"]
+    assert [row["iteration"] for row in rows] == [1000]
+    assert rows[0]["difference:panoptic_seg/PQ_th"] == -2.0
     assert "| 1000 | 10.00 / 12.00 / -2.00 |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-def test_decoder_convergence_refuses_swapped_runs(tmp_path):
-    from tools.experiments import shapes_decoder_convergence as convergence
+def test_decoder_convergence_averages_the_recorded_seeds(tmp_path, convergence):
+    """Each seed is recorded on its own; the report is the mean (and sample std) over all of
+    them at the iterations every seed reached, with the seeds in which clustering is ahead."""
+    for seed, (a, b) in enumerate([([10.0, 30.0], [12.0, 20.0]), ([20.0], [14.0])]):
+        clustering = _run_dir(tmp_path, f"c{seed}", None, a, seed=seed)
+        masked = _run_dir(tmp_path, f"m{seed}", "masked_attention", b, seed=seed)
+        assert convergence.main([clustering, masked]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["seeds"] == [0, 1]
+    (row,) = report["mean"]
+    metric = "panoptic_seg/PQ_th"
+    assert row["iteration"] == 1000 and row["seeds"] == 2
+    assert row[f"clustering:{metric}"] == 15.0
+    assert row[f"masked_attention:{metric}"] == 13.0
+    assert row[f"difference:{metric}"] == 2.0
+    assert row[f"clustering:{metric}:std"] == pytest.approx(50**0.5)
+    assert row[f"clustering_ahead:{metric}"] == 1
+    # Rebuilding from the records alone gives the same mean.
+    assert convergence.main(["--report"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["mean"] == report["mean"]
+    assert "15.00 ± 7.07 / 13.00 ± 1.41 / +2.00 (1/2)" in (tmp_path / "report.md").read_text()
 
+
+def test_decoder_convergence_refuses_swapped_runs(tmp_path, convergence):
     clustering = _run_dir(tmp_path, "clustering", None, [10.0])
     masked = _run_dir(tmp_path, "masked", "masked_attention", [12.0])
     with pytest.raises(SystemExit):
         convergence.main([masked, clustering])
+
+
+@pytest.mark.parametrize("seeds", [(0, 1), (-1, -1)], ids=["mixed", "random"])
+def test_decoder_convergence_refuses_mixed_or_random_seeds(tmp_path, convergence, seeds, capsys):
+    clustering = _run_dir(tmp_path, "clustering", None, [10.0], seed=seeds[0])
+    masked = _run_dir(tmp_path, "masked", "masked_attention", [12.0], seed=seeds[1])
+    with pytest.raises(SystemExit):
+        convergence.main([clustering, masked])
+    assert "seed" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_decoder_convergence_report_needs_a_recorded_seed(convergence, capsys):
+    with pytest.raises(SystemExit):
+        convergence.main(["--report"])
+    assert "no seed recorded" in capsys.readouterr().err
