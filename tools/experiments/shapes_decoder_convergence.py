@@ -84,21 +84,22 @@ def comparison(curves: Curves) -> List[Dict[str, float]]:
 
 
 def summary(rows_by_seed: Dict[int, List[Dict[str, float]]]) -> List[Dict[str, float]]:
-    """One row per iteration that every seed's comparison has: for each arm and metric the mean
-    and the sample standard deviation over seeds (0 for one seed), the mean difference and the
-    number of seeds in which the clustering decoder is ahead."""
+    """One row per iteration that any seed's comparison has, over the seeds that reached it
+    (``seeds``; a stopped run counts only up to where it was evaluated): for each arm and metric
+    the mean and the sample standard deviation (0 for one seed), the mean difference and the
+    number of those seeds in which the clustering decoder is ahead."""
     by_seed = [{row["iteration"]: row for row in rows} for rows in rows_by_seed.values()]
-    common = sorted(set.intersection(*(set(rows) for rows in by_seed))) if by_seed else []
     out = []
-    for iteration in common:
-        row: Dict[str, float] = {"iteration": iteration, "seeds": len(by_seed)}
+    for iteration in sorted(set().union(*by_seed)):
+        reached = [rows[iteration] for rows in by_seed if iteration in rows]
+        row: Dict[str, float] = {"iteration": iteration, "seeds": len(reached)}
         for metric in METRICS:
             for key in (*ARMS, "difference"):
-                values = [rows[iteration][f"{key}:{metric}"] for rows in by_seed]
+                values = [seed_row[f"{key}:{metric}"] for seed_row in reached]
                 row[f"{key}:{metric}"] = statistics.fmean(values)
                 row[f"{key}:{metric}:std"] = statistics.stdev(values) if len(values) > 1 else 0.0
             row[f"clustering_ahead:{metric}"] = sum(
-                rows[iteration][f"difference:{metric}"] > 0 for rows in by_seed
+                seed_row[f"difference:{metric}"] > 0 for seed_row in reached
             )
         out.append(row)
     return out
@@ -111,6 +112,7 @@ def record_seed(clustering_run: str, masked_attention_run: str, argv: Sequence[s
     curves, seeds = {}, {}
     for arm, run_dir in zip(ARMS, (clustering_run, masked_attention_run)):
         curves[arm], cfg = run_curve(run_dir)
+        max_iter = int(cfg["SOLVER"]["MAX_ITER"])
         if decoder_of(cfg) != arm:
             raise ValueError(
                 f"{run_dir}/config.yaml trains the {decoder_of(cfg)} decoder, not {arm}"
@@ -131,6 +133,9 @@ def record_seed(clustering_run: str, masked_attention_run: str, argv: Sequence[s
         **provenance("tools/experiments/shapes_decoder_convergence.py", argv),
         "config": CONFIG,
         "seed": seed,
+        "max_iter": max_iter,
+        # A run stopped before its schedule ended is recorded up to its last evaluation.
+        "complete": all(curves[arm][-1]["iteration"] == max_iter for arm in ARMS),
         "curves": curves,
     }
     os.makedirs(RUNS, exist_ok=True)
@@ -214,6 +219,11 @@ def _seed_table(rows: List[Dict[str, float]]) -> List[str]:
     return lines
 
 
+def _stopped(rows: List[Dict[str, float]]) -> str:
+    last = rows[-1]["iteration"] if rows else 0
+    return f"stopped before the end of its schedule, last evaluated at iteration {last}"
+
+
 def markdown(report: Dict) -> str:
     seeds = report["seeds"]
     lines = [
@@ -230,7 +240,8 @@ def markdown(report: Dict) -> str:
         f"## Mean over seeds {', '.join(str(s) for s in seeds)}",
         "",
         "Each cell: clustering mean ± standard deviation / masked attention mean ± standard "
-        "deviation / mean difference (seeds in which the clustering decoder is ahead).",
+        "deviation / mean difference (seeds in which the clustering decoder is ahead / seeds "
+        "evaluated at that iteration).",
         "",
         "| iteration | " + " | ".join(METRICS) + " |",
         "|---" * (len(METRICS) + 1) + "|",
@@ -245,7 +256,8 @@ def markdown(report: Dict) -> str:
             f"## Seed {seed}",
             "",
             f"Recorded by `{record['command']}` on {record['date']} at revision "
-            f"{record['revision']} ({record['machine']}).",
+            f"{record['revision']} ({record['machine']})"
+            + ("." if record["complete"] else f": {_stopped(record['rows'])}."),
             "",
             *_seed_table(record["rows"]),
             "",
@@ -260,7 +272,7 @@ def build_report(argv: Sequence[str]) -> Dict:
     if not records:
         raise ValueError(f"no seed recorded in {RUNS}: run the two-run form first")
     by_seed = {
-        seed: {k: record[k] for k in ("command", "date", "revision", "machine")}
+        seed: {k: record[k] for k in ("command", "date", "revision", "machine", "complete")}
         | {"rows": comparison(record["curves"])}
         for seed, record in records.items()
     }

@@ -102,26 +102,33 @@ def test_decoder_convergence_compares_the_arms_at_common_iterations(tmp_path, co
 
 
 def test_decoder_convergence_averages_the_recorded_seeds(tmp_path, convergence):
-    """Each seed is recorded on its own; the report is the mean (and sample std) over all of
-    them at the iterations every seed reached, with the seeds in which clustering is ahead."""
+    """Each seed is recorded on its own; the report is, at each iteration, the mean (and sample
+    std) over the seeds evaluated there, with the seeds in which clustering is ahead; a seed
+    stopped early counts up to its last evaluation and is said to have stopped."""
     for seed, (a, b) in enumerate([([10.0, 30.0], [12.0, 20.0]), ([20.0], [14.0])]):
         clustering = _run_dir(tmp_path, f"c{seed}", None, a, seed=seed)
         masked = _run_dir(tmp_path, f"m{seed}", "masked_attention", b, seed=seed)
         assert convergence.main([clustering, masked]) == 0
+    records = [json.loads((tmp_path / "runs" / f"seed_{s}.json").read_text()) for s in (0, 1)]
+    assert [r["complete"] for r in records] == [True, False]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["seeds"] == [0, 1]
-    (row,) = report["mean"]
+    first, second = report["mean"]
     metric = "panoptic_seg/PQ_th"
-    assert row["iteration"] == 1000 and row["seeds"] == 2
-    assert row[f"clustering:{metric}"] == 15.0
-    assert row[f"masked_attention:{metric}"] == 13.0
-    assert row[f"difference:{metric}"] == 2.0
-    assert row[f"clustering:{metric}:std"] == pytest.approx(50**0.5)
-    assert row[f"clustering_ahead:{metric}"] == 1
+    assert (first["iteration"], first["seeds"]) == (1000, 2)
+    assert first[f"clustering:{metric}"] == 15.0
+    assert first[f"masked_attention:{metric}"] == 13.0
+    assert first[f"difference:{metric}"] == 2.0
+    assert first[f"clustering:{metric}:std"] == pytest.approx(50**0.5)
+    assert first[f"clustering_ahead:{metric}"] == 1
+    assert (second["iteration"], second["seeds"], second[f"difference:{metric}"]) == (2000, 1, 10.0)
+    assert second[f"clustering:{metric}:std"] == 0.0
+    text = (tmp_path / "report.md").read_text()
+    assert "15.00 ± 7.07 / 13.00 ± 1.41 / +2.00 (1/2)" in text
+    assert text.count("stopped before the end of its schedule") == 1
     # Rebuilding from the records alone gives the same mean.
     assert convergence.main(["--report"]) == 0
     assert json.loads((tmp_path / "report.json").read_text())["mean"] == report["mean"]
-    assert "15.00 ± 7.07 / 13.00 ± 1.41 / +2.00 (1/2)" in (tmp_path / "report.md").read_text()
 
 
 def test_decoder_convergence_refuses_swapped_runs(tmp_path, convergence):
