@@ -119,7 +119,7 @@ KILLED_WHILE_WRITING = textwrap.dedent(
     import os, signal, sys
     import torch
     sys.path.insert(0, {repo!r})
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, {support!r}]
     import clusterformer.engine.checkpointer as module
     from test_checkpointer import Tiny, filled
 
@@ -140,7 +140,10 @@ KILLED_WHILE_WRITING = textwrap.dedent(
 
 def test_process_killed_while_writing_leaves_a_resumable_folder(tmp_path):
     script = KILLED_WHILE_WRITING.format(
-        repo=REPO, tests=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path)
+        repo=REPO,
+        tests=os.path.dirname(os.path.abspath(__file__)),
+        support=os.path.join(REPO, "tests", "support"),
+        out=str(tmp_path),
     )
     proc = subprocess.run(
         [sys.executable, "-c", script], env=train_net_env(), capture_output=True, text=True
