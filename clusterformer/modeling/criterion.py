@@ -50,6 +50,14 @@ _SUFFIX = re.compile(r"_\d+$")
 # Target of pixels no target covers, in the per-pixel auxiliary losses.
 IGNORE = -100
 
+# One layer's predictions (``pred_logits`` (B, Q, K + 1), ``pred_masks`` (B, Q, H', W'), ...), the
+# images' targets (``labels`` (n_b,), ``masks`` (n_b, H', W'), ``boxes`` (n_b, 4)), the matcher's
+# (query indices, target indices) per image, and named losses.
+Outputs = Dict[str, Tensor]
+Targets = List[Dict[str, Tensor]]
+Matches = List[Tuple[Tensor, Tensor]]
+Losses = Dict[str, Tensor]
+
 
 def sigmoid_ce_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
     """``inputs``/``targets`` ``(n, P)``: BCE mean over P, summed over masks / ``num_masks``."""
@@ -196,12 +204,8 @@ class SetCriterion(nn.Module):
 
     # ---- individual losses -------------------------------------------------------------------
     def loss_labels(
-        self,
-        outputs: Dict[str, Tensor],
-        targets: List[Dict[str, Tensor]],
-        indices,
-        num_masks: float,
-    ) -> Dict[str, Tensor]:
+        self, outputs: Outputs, targets: Targets, indices: Matches, num_masks: float
+    ) -> Losses:
         logits = outputs["pred_logits"].float()
         B, Q, num_logits = logits.shape
         if num_logits != self.num_classes + 1:
@@ -236,13 +240,13 @@ class SetCriterion(nn.Module):
 
     def loss_masks(
         self,
-        outputs: Dict[str, Tensor],
-        targets: List[Dict[str, Tensor]],
-        indices,
+        outputs: Outputs,
+        targets: Targets,
+        indices: Matches,
         num_masks: float,
         generator: Optional[torch.Generator] = None,
         target_masks: Optional[Tensor] = None,
-    ) -> Dict[str, Tensor]:
+    ) -> Losses:
         """``target_masks``: ``(sum_b n_b, H', W')`` fp32, every image's target masks in order
         (stacked from ``targets`` when None; :meth:`forward` stacks them once for all layers)."""
         pred_masks = outputs["pred_masks"]
@@ -289,12 +293,8 @@ class SetCriterion(nn.Module):
             }
 
     def loss_boxes(
-        self,
-        outputs: Dict[str, Tensor],
-        targets: List[Dict[str, Tensor]],
-        indices,
-        num_masks: float,
-    ) -> Dict[str, Tensor]:
+        self, outputs: Outputs, targets: Targets, indices: Matches, num_masks: float
+    ) -> Losses:
         if "pred_boxes" not in outputs:
             raise KeyError("SetCriterion: 'boxes' loss requested but outputs lack 'pred_boxes'")
         pred_boxes = outputs["pred_boxes"]
@@ -310,12 +310,7 @@ class SetCriterion(nn.Module):
         giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt)))
         return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_masks}
 
-    def loss_mask_id(
-        self,
-        outputs: Dict[str, Tensor],
-        targets: List[Dict[str, Tensor]],
-        indices,
-    ) -> Dict[str, Tensor]:
+    def loss_mask_id(self, outputs: Outputs, targets: Targets, indices: Matches) -> Losses:
         pred_masks = outputs["pred_masks"].float()
         query_ids = []
         for target, (src, tgt) in zip(targets, indices):
@@ -323,7 +318,7 @@ class SetCriterion(nn.Module):
             query_ids.append(_paint(target["masks"][tgt[order]], src[order], pred_masks.shape[-2:]))
         return {"loss_mask_id": _pixel_cross_entropy(pred_masks, torch.stack(query_ids))}
 
-    def loss_semantic(self, outputs: Dict[str, Tensor], targets: List[Dict[str, Tensor]]):
+    def loss_semantic(self, outputs: Outputs, targets: Targets) -> Losses:
         if "pred_semantic" not in outputs:
             raise KeyError(
                 "SetCriterion: 'semantic' loss requested but outputs lack 'pred_semantic'"
@@ -334,13 +329,13 @@ class SetCriterion(nn.Module):
 
     # ---- helpers -----------------------------------------------------------------------------
     @staticmethod
-    def _prediction_index(indices) -> Tuple[Tensor, Tensor]:
+    def _prediction_index(indices: Matches) -> Tuple[Tensor, Tensor]:
         batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
         query_idx = torch.cat([src for src, _ in indices])
         return batch_idx, query_idx
 
     @staticmethod
-    def _stacked_target_masks(targets: List[Dict[str, Tensor]]) -> Tensor:
+    def _stacked_target_masks(targets: Targets) -> Tensor:
         """Every image's target masks in one ``(sum_b n_b, H', W')`` fp32 tensor."""
         masks = [t["masks"] for t in targets if t["masks"].shape[0] > 0]
         sizes = {tuple(m.shape[-2:]) for m in masks}
@@ -353,7 +348,7 @@ class SetCriterion(nn.Module):
             return torch.zeros(0, 1, 1, device=targets[0]["masks"].device if targets else None)
         return torch.cat(masks).float()
 
-    def num_target_masks(self, targets: List[Dict[str, Tensor]], device: torch.device) -> float:
+    def num_target_masks(self, targets: Targets, device: torch.device) -> float:
         """Targets per worker, averaged over the workers of torch.distributed if any (>= 1)."""
         count = torch.as_tensor(
             [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float32, device=device
@@ -365,14 +360,14 @@ class SetCriterion(nn.Module):
 
     def _losses_for(
         self,
-        outputs: Dict[str, Tensor],
-        targets: List[Dict[str, Tensor]],
+        outputs: Outputs,
+        targets: Targets,
         num_masks: float,
         generator: Optional[torch.Generator],
         target_masks: Optional[Tensor],
-    ) -> Dict[str, Tensor]:
+    ) -> Losses:
         indices = self.matcher(outputs, targets, generator=generator)
-        losses: Dict[str, Tensor] = {}
+        losses: Losses = {}
         for name in self.losses:
             if name == "labels":
                 losses.update(self.loss_labels(outputs, targets, indices, num_masks))
@@ -389,9 +384,9 @@ class SetCriterion(nn.Module):
     def forward(
         self,
         outputs: Dict[str, object],
-        targets: List[Dict[str, Tensor]],
+        targets: Targets,
         generator: Optional[torch.Generator] = None,
-    ) -> Dict[str, Tensor]:
+    ) -> Losses:
         logits = outputs["pred_logits"]
         if len(targets) != logits.shape[0]:
             raise ValueError(
@@ -417,7 +412,7 @@ class SetCriterion(nn.Module):
                     losses[f"{k}_{i}"] = v
         return losses
 
-    def weight_losses(self, losses: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def weight_losses(self, losses: Losses) -> Losses:
         """Multiply every loss by the weight of its base name (``loss_ce_3`` -> ``loss_ce``)."""
         weighted = {}
         for key, value in losses.items():

@@ -59,6 +59,22 @@ class MainOutputs(nn.Module):
         return tuple(out.values()) if isinstance(out, dict) else tuple(out)
 
 
+def _paper_mixer(dim: int) -> ClusteringMixer:
+    """A mixer of the tiny backbone: 32-channel heads, the paper's clustering settings."""
+    return ClusteringMixer(
+        dim,
+        num_heads=dim // 32,
+        head_dim=32,
+        window_size=7,
+        centres_per_window=2,
+        iterations=3,
+        temperature="none",
+        mstep_normalization="mean",
+        assignment_softmax="clusters",
+        dispatch="soft",
+    )
+
+
 def image_inputs(height: int, width: int) -> Callable[[int, str], Tuple[Tensor, ...]]:
     def make(batch: int, device: str) -> Tuple[Tensor, ...]:
         generator = torch.Generator().manual_seed(0)
@@ -197,14 +213,14 @@ def component_contenders(image_size: int) -> List[Contender]:
             "backbone mixer, stage 1 (96 ch, 3 heads)",
             "clusterformer",
             "tiny",
-            lambda: ClusteringMixer(96, num_heads=3, head_dim=32),
+            lambda: _paper_mixer(96),
             feature_map(96, 4),
         ),
         Contender(
             "backbone mixer, stage 3 (384 ch, 12 heads)",
             "clusterformer",
             "tiny",
-            lambda: ClusteringMixer(384, num_heads=12, head_dim=32),
+            lambda: _paper_mixer(384),
             feature_map(384, 16),
         ),
         Contender(

@@ -14,8 +14,10 @@ import sys
 import types
 from typing import Any
 
-# Registration functions re-exported here, imported (with detectron2) on first access.
+# The registration functions and the PanopticFiles they take, re-exported here and imported (with
+# detectron2) on first access.
 _LAZY_EXPORTS = {
+    "PanopticFiles": "register_formats",
     "register_ade20k_panoptic": "register_ade20k_panoptic",
     "register_ade20k_semantic": "register_ade20k_semantic",
     "register_coco_panoptic_with_sem_seg": "register_coco_panoptic_semseg",
@@ -91,6 +93,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "PanopticFiles",
     "register_ade20k_panoptic",
     "register_ade20k_semantic",
     "register_all_datasets",

@@ -66,36 +66,25 @@ def check_json_categories(panoptic_json: str) -> None:
         )
 
 
-def register_ade20k_panoptic(
-    name: str,
-    metadata: Dict[str, Any],
-    image_root: str,
-    panoptic_root: str,
-    panoptic_json: str,
-    sem_seg_root: str,
-) -> None:
+def register_ade20k_panoptic(name: str, metadata: Dict[str, Any], files: PanopticFiles) -> None:
     """Register ``name``: ADE20K panoptic in COCO format (read lazily)."""
 
     def check_inputs() -> None:
-        require_paths(name, {"image folder": image_root})
+        require_paths(name, {"image folder": files.image_root})
         require_paths(
             name,
-            {"panoptic PNG folder": panoptic_root, "panoptic JSON": panoptic_json},
+            {"panoptic PNG folder": files.panoptic_root, "panoptic JSON": files.panoptic_json},
             how_to_make="Create them with datasets/prepare_ade20k_pan_seg.py",
         )
         require_paths(
             name,
-            {"semantic label folder": sem_seg_root},
+            {"semantic label folder": files.sem_seg_root},
             how_to_make="Create it with datasets/prepare_ade20k_sem_seg.py",
         )
-        check_json_categories(panoptic_json)
+        check_json_categories(files.panoptic_json)
 
     register_panoptic_json(
-        name,
-        metadata,
-        PanopticFiles(image_root, panoptic_root, panoptic_json, sem_seg_root),
-        evaluator_type="ade20k_panoptic_seg",
-        before_load=check_inputs,
+        name, metadata, files, evaluator_type="ade20k_panoptic_seg", before_load=check_inputs
     )
 
 
@@ -104,4 +93,4 @@ def register_all_ade20k_panoptic(root: str) -> None:
     already (by Mask2Former) is kept."""
     metadata = ade20k_panoptic_metadata()
     for name, paths in unregistered_splits(root, ADE20K_PANOPTIC_SPLITS):
-        register_ade20k_panoptic(name, metadata, *paths)
+        register_ade20k_panoptic(name, metadata, PanopticFiles(*paths))

@@ -54,35 +54,30 @@ def coco_panoptic_metadata() -> Dict[str, Any]:
 
 
 def register_coco_panoptic_with_sem_seg(
-    name: str,
-    metadata: Dict[str, Any],
-    image_root: str,
-    panoptic_root: str,
-    panoptic_json: str,
-    sem_seg_root: str,
-    instances_json: str,
+    name: str, metadata: Dict[str, Any], files: PanopticFiles, instances_json: str
 ) -> None:
-    """Register ``name``: a COCO-format panoptic data set with semantic PNGs (read lazily)."""
+    """Register ``name``: a COCO-format panoptic data set with semantic PNGs (read lazily);
+    ``instances_json`` is the COCO instances JSON of the same images (for box / mask AP)."""
 
     def check_folders() -> None:
         require_paths(
             name,
             {
-                "image folder": image_root,
-                "panoptic PNG folder": panoptic_root,
-                "panoptic JSON": panoptic_json,
+                "image folder": files.image_root,
+                "panoptic PNG folder": files.panoptic_root,
+                "panoptic JSON": files.panoptic_json,
             },
         )
         require_paths(
             name,
-            {"semantic PNG folder": sem_seg_root},
+            {"semantic PNG folder": files.sem_seg_root},
             how_to_make="Create it with datasets/prepare_coco_semantic_annos_from_panoptic_annos.py",
         )
 
     register_panoptic_json(
         name,
         metadata,
-        PanopticFiles(image_root, panoptic_root, panoptic_json, sem_seg_root),
+        files,
         evaluator_type="coco_panoptic_seg",
         instances_json=instances_json,
         before_load=check_folders,
@@ -94,4 +89,7 @@ def register_all_coco_panoptic_with_sem_seg(root: str) -> None:
     registered already (by Mask2Former) is kept."""
     metadata = coco_panoptic_metadata()
     for name, paths in unregistered_splits(root, COCO_PANOPTIC_WITH_SEM_SEG_SPLITS):
-        register_coco_panoptic_with_sem_seg(name, metadata, *paths)
+        *panoptic, instances_json = paths
+        register_coco_panoptic_with_sem_seg(
+            name, metadata, PanopticFiles(*panoptic), instances_json
+        )

@@ -200,6 +200,9 @@ class ClusteringMixer(nn.Module):
             :class:`RecurrentClusteringAttention`.
         dispatch: "soft" or "hard", see :class:`FeatureDispatch`.
 
+    Every argument is required: the defaults (the paper's) are :class:`ClusterFormerBackbone`'s,
+    which builds the mixers.
+
     ``forward(x, return_cluster_ids=True)`` also returns the hard cluster of every token in the
     last E-step: ``(B, heads, H, W)`` int64, the argmax of the assignment over the centres, with
     ids unique across windows (``window_index * k*k + centre``).
@@ -208,15 +211,16 @@ class ClusteringMixer(nn.Module):
     def __init__(
         self,
         dim: int,
+        *,
         num_heads: int,
-        head_dim: int = 32,
-        window_size: int = 7,
-        centres_per_window: int = 2,
-        iterations: int = 3,
-        temperature: str = "none",
-        mstep_normalization: str = "mean",
-        assignment_softmax: str = "clusters",
-        dispatch: str = "soft",
+        head_dim: int,
+        window_size: int,
+        centres_per_window: int,
+        iterations: int,
+        temperature: str,
+        mstep_normalization: str,
+        assignment_softmax: str,
+        dispatch: str,
     ) -> None:
         super().__init__()
         if window_size < 1 or centres_per_window < 1:

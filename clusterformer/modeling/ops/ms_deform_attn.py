@@ -358,16 +358,10 @@ class MSDeformAttn(nn.Module):
         Returns:
             ``(N, Lq, C)``.
         """
-        self._check_forward_inputs(
-            query,
-            reference_points,
-            input_flatten,
-            input_spatial_shapes,
-            input_level_start_index,
-            input_padding_mask,
-        )
+        self._check_token_shapes(query, reference_points, input_flatten, input_padding_mask)
         N, Lq, C = query.shape
         S = input_flatten.shape[1]
+        self._check_level_layout(input_spatial_shapes, input_level_start_index, S)
         M, L, P = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
@@ -396,13 +390,11 @@ class MSDeformAttn(nn.Module):
         )
         return self.output_proj(out)
 
-    def _check_forward_inputs(
+    def _check_token_shapes(
         self,
         query: Tensor,
         reference_points: Tensor,
         input_flatten: Tensor,
-        input_spatial_shapes: Tensor,
-        input_level_start_index: Tensor,
         input_padding_mask: Tensor | None,
     ) -> None:
         """Raises ValueError naming the first argument whose shape disagrees with the others."""
@@ -426,6 +418,18 @@ class MSDeformAttn(nn.Module):
                 "MSDeformAttn: reference_points must end in 2 (points) or 4 (boxes), got "
                 f"{tuple(reference_points.shape)}"
             )
+        if input_padding_mask is not None and tuple(input_padding_mask.shape) != (N, S):
+            raise ValueError(
+                f"MSDeformAttn: input_padding_mask must be (N, S) = ({N}, {S}), "
+                f"got {tuple(input_padding_mask.shape)}"
+            )
+
+    def _check_level_layout(
+        self, input_spatial_shapes: Tensor, input_level_start_index: Tensor, S: int
+    ) -> None:
+        """Raises ValueError unless the ``(L, 2)`` level shapes and ``(L,)`` start indices
+        describe the ``S`` tokens of ``input_flatten``, level after level."""
+        L = self.n_levels
         if tuple(input_spatial_shapes.shape) != (L, 2):
             raise ValueError(
                 f"MSDeformAttn: input_spatial_shapes must be (n_levels, 2) = ({L}, 2), "
@@ -435,11 +439,6 @@ class MSDeformAttn(nn.Module):
             raise ValueError(
                 f"MSDeformAttn: input_level_start_index must be (n_levels,) = ({L},), "
                 f"got {tuple(input_level_start_index.shape)}"
-            )
-        if input_padding_mask is not None and tuple(input_padding_mask.shape) != (N, S):
-            raise ValueError(
-                f"MSDeformAttn: input_padding_mask must be (N, S) = ({N}, {S}), "
-                f"got {tuple(input_padding_mask.shape)}"
             )
         # One host read of the L + 2L index values: worth it in eager mode, since a mismatch would
         # make the kernels sample the wrong tokens. A tracer cannot follow it (under torch.compile

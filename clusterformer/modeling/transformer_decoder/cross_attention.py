@@ -99,6 +99,34 @@ class QueryPixelAttention(nn.Module):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
 
+    def forward(
+        self,
+        queries: Tensor,
+        pixels: Tensor,
+        query_pos: Optional[Tensor] = None,
+        pixel_pos: Optional[Tensor] = None,
+        allowed: Optional[Tensor] = None,
+        return_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """The module docstring's interface: ``(B, Q, C)`` queries updated from the ``(B, N, C)``
+        pixels, and the head-averaged weights ``(B, Q, N)`` fp32 when ``return_weights``."""
+        _check_inputs(queries, pixels, allowed, type(self).__name__)
+        keys, values = self.pixel_keys_and_values(pixels, pixel_pos)
+        return self._attend(queries, query_pos, keys, values, allowed, return_weights)
+
+    def _attend(
+        self,
+        queries: Tensor,
+        query_pos: Optional[Tensor],
+        keys: Tensor,
+        values: Tensor,
+        allowed: Optional[Tensor],
+        return_weights: bool,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """The layer's step: ``(B, Q, C)`` queries (+ positions), the pixels' keys and values
+        ``(B, M, N, d)`` and the restriction -> the updated queries and the weights (or None)."""
+        raise NotImplementedError
+
     def pixel_keys_and_values(
         self, pixels: Tensor, pixel_pos: Optional[Tensor]
     ) -> Tuple[Tensor, Tensor]:
@@ -166,20 +194,9 @@ class ClusteringCrossAttention(QueryPixelAttention):
         self.iterations = iterations
         self.eps = eps
 
-    def forward(
-        self,
-        queries: Tensor,
-        pixels: Tensor,
-        query_pos: Optional[Tensor] = None,
-        pixel_pos: Optional[Tensor] = None,
-        allowed: Optional[Tensor] = None,
-        return_weights: bool = False,
-    ) -> Tuple[Tensor, Optional[Tensor]]:
-        """See the module docstring; the returned weights are the last iteration's assignment
-        ``A`` averaged over heads, ``(B, Q, N)`` fp32 (sums to 1 over ``Q`` at every pixel some
-        query allows, 0 elsewhere)."""
-        _check_inputs(queries, pixels, allowed, type(self).__name__)
-        keys, values = self.pixel_keys_and_values(pixels, pixel_pos)
+    def _attend(self, queries, query_pos, keys, values, allowed, return_weights):
+        """The returned weights are the last iteration's assignment ``A`` averaged over heads,
+        ``(B, Q, N)`` fp32 (sums to 1 over ``Q`` at every pixel some query allows, 0 elsewhere)."""
         keys_t = keys.float().transpose(-2, -1)  # (B, M, d, N)
         # A pixel no centre allows gets weight 0 in the M-step (its values zeroed too), so it
         # takes no part in the update; its E-step column is left uniform.
@@ -213,21 +230,11 @@ class MaskedCrossAttention(QueryPixelAttention):
     they sum to 1 over the pixels of each query. A query that allows no pixel attends to all.
     """
 
-    def forward(
-        self,
-        queries: Tensor,
-        pixels: Tensor,
-        query_pos: Optional[Tensor] = None,
-        pixel_pos: Optional[Tensor] = None,
-        allowed: Optional[Tensor] = None,
-        return_weights: bool = False,
-    ) -> Tuple[Tensor, Optional[Tensor]]:
-        _check_inputs(queries, pixels, allowed, type(self).__name__)
+    def _attend(self, queries, query_pos, k, v, allowed, return_weights):
         if allowed is not None:
             # A softmax over an empty set is undefined: such a query attends to every pixel.
             allowed = release_empty_restrictions(allowed)
         q = self.query_heads(queries, query_pos)
-        k, v = self.pixel_keys_and_values(pixels, pixel_pos)
         weights = None
         if return_weights:
             logits = torch.einsum("bmqd,bmnd->bmqn", q, k).float() * self.scale

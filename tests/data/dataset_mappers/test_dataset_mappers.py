@@ -50,6 +50,7 @@ from clusterformer.data.dataset_mappers.mask_former import (
     MaskFormerSemanticDatasetMapper,
 )
 from clusterformer.data.datasets import (
+    PanopticFiles,
     register_ade20k_panoptic,
     register_ade20k_semantic,
     register_coco_panoptic_with_sem_seg,
@@ -102,10 +103,12 @@ def coco(tmp_path_factory):
     register_coco_panoptic_with_sem_seg(
         panoptic_name,
         coco_panoptic_metadata(),
-        str(coco_dir / "train2017"),
-        str(coco_dir / "panoptic_train2017"),
-        str(coco_dir / "annotations/panoptic_train2017.json"),
-        str(coco_dir / "panoptic_semseg_train2017"),
+        PanopticFiles(
+            str(coco_dir / "train2017"),
+            str(coco_dir / "panoptic_train2017"),
+            str(coco_dir / "annotations/panoptic_train2017.json"),
+            str(coco_dir / "panoptic_semseg_train2017"),
+        ),
         str(coco_dir / "annotations/instances_train2017.json"),
     )
     instance_name = unique_name("test_mapper_coco_instances")
@@ -143,10 +146,12 @@ def ade(tmp_path_factory):
     register_ade20k_panoptic(
         panoptic_name,
         ade20k_panoptic_metadata(),
-        str(ade_dir / "images/training"),
-        str(ade_dir / "ade20k_panoptic_train"),
-        str(ade_dir / "ade20k_panoptic_train.json"),
-        str(ade_dir / "annotations_detectron2/training"),
+        PanopticFiles(
+            str(ade_dir / "images/training"),
+            str(ade_dir / "ade20k_panoptic_train"),
+            str(ade_dir / "ade20k_panoptic_train.json"),
+            str(ade_dir / "annotations_detectron2/training"),
+        ),
     )
     return {
         **fake,

@@ -24,6 +24,7 @@ from fake_segmentation_data import (
 
 import clusterformer.d2  # noqa: F401  (registers the data sets)
 from clusterformer.data.datasets import (
+    PanopticFiles,
     register_ade20k_panoptic,
     register_ade20k_semantic,
     register_coco_panoptic_with_sem_seg,
@@ -62,10 +63,12 @@ def register_fake_coco(root: Path, split: str = "train2017") -> str:
     register_coco_panoptic_with_sem_seg(
         name,
         coco_panoptic_metadata(),
-        str(coco / split),
-        str(coco / f"panoptic_{split}"),
-        str(coco / "annotations" / f"panoptic_{split}.json"),
-        str(coco / f"panoptic_semseg_{split}"),
+        PanopticFiles(
+            str(coco / split),
+            str(coco / f"panoptic_{split}"),
+            str(coco / "annotations" / f"panoptic_{split}.json"),
+            str(coco / f"panoptic_semseg_{split}"),
+        ),
         str(coco / "annotations" / f"instances_{split}.json"),
     )
     return name
@@ -231,10 +234,12 @@ def test_ade20k_semantic_and_panoptic_load(tmp_path, monkeypatch):
     register_ade20k_panoptic(
         panoptic_name,
         ade20k_panoptic_metadata(),
-        str(ade / "images" / "validation"),
-        str(ade / "ade20k_panoptic_val"),
-        str(ade / "ade20k_panoptic_val.json"),
-        str(ade / "annotations_detectron2" / "validation"),
+        PanopticFiles(
+            str(ade / "images" / "validation"),
+            str(ade / "ade20k_panoptic_val"),
+            str(ade / "ade20k_panoptic_val.json"),
+            str(ade / "annotations_detectron2" / "validation"),
+        ),
     )
     panoptic = DatasetCatalog.get(panoptic_name)
     assert len(panoptic) == 2

@@ -20,6 +20,14 @@ FLAG_GRID = list(
 )
 
 
+PAPER_FLAGS = {
+    "temperature": "none",
+    "mstep_normalization": "mean",
+    "assignment_softmax": "clusters",
+    "dispatch": "soft",
+}
+
+
 def make_mixer(dim=8, heads=2, head_dim=4, window=7, k=2, iterations=3, **flags):
     mixer = ClusteringMixer(
         dim,
@@ -28,7 +36,7 @@ def make_mixer(dim=8, heads=2, head_dim=4, window=7, k=2, iterations=3, **flags)
         window_size=window,
         centres_per_window=k,
         iterations=iterations,
-        **flags,
+        **{**PAPER_FLAGS, **flags},
     )
     # A non-identity centre map and non-default dispatch parameters exercise every term.
     with torch.no_grad():
