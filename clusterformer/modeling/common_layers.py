@@ -47,6 +47,14 @@ def caffe2_xavier_init_(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def xavier_init_matrices_(module: nn.Module) -> None:
+    """Xavier-uniform every parameter of ``module`` with two or more dimensions (Mask2Former's
+    ``_reset_parameters``); biases and norm parameters keep their defaults."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
 class ConvNormAct(nn.Sequential):
     """``Conv2d -> norm -> activation``; the conv has a bias only when there is no norm.
 

@@ -29,7 +29,7 @@ applies the weights.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
-from .matcher import HungarianMatcher
+from .matcher import HungarianMatcher, Matches, Outputs, Targets
 from .point_sampling import (
     calculate_uncertainty,
     get_uncertain_point_coords_with_randomness,
@@ -50,12 +50,6 @@ _SUFFIX = re.compile(r"_\d+$")
 # Target of pixels no target covers, in the per-pixel auxiliary losses.
 IGNORE = -100
 
-# One layer's predictions (``pred_logits`` (B, Q, K + 1), ``pred_masks`` (B, Q, H', W'), ...), the
-# images' targets (``labels`` (n_b,), ``masks`` (n_b, H', W'), ``boxes`` (n_b, 4)), the matcher's
-# (query indices, target indices) per image, and named losses.
-Outputs = Dict[str, Tensor]
-Targets = List[Dict[str, Tensor]]
-Matches = List[Tuple[Tensor, Tensor]]
 Losses = Dict[str, Tensor]
 
 

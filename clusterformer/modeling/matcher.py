@@ -25,6 +25,13 @@ from .point_sampling import point_sample, random_points
 
 CLASS_COST_CHOICES = ("softmax", "focal")
 
+# One layer's predictions (``pred_logits`` (B, Q, K + 1), ``pred_masks`` (B, Q, H', W'),
+# ``pred_boxes`` (B, Q, 4)), the images' targets (``labels`` (n_b,), ``masks`` (n_b, H', W'),
+# ``boxes`` (n_b, 4)), and per image the matched (query indices, target indices).
+Outputs = Dict[str, Tensor]
+Targets = List[Dict[str, Tensor]]
+Matches = List[Tuple[Tensor, Tensor]]
+
 
 def batch_sigmoid_ce_cost(inputs: Tensor, targets: Tensor) -> Tensor:
     """Mean sigmoid binary cross-entropy of every prediction against every target.
@@ -158,10 +165,7 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def cost_matrices(
-        self,
-        outputs: Dict[str, Tensor],
-        targets: List[Dict[str, Tensor]],
-        generator: Optional[torch.Generator] = None,
+        self, outputs: Outputs, targets: Targets, generator: Optional[torch.Generator] = None
     ) -> List[Tensor]:
         """The ``(Q, n_b)`` cost matrix of every image (fp32, on the outputs' device)."""
         logits = outputs["pred_logits"]
@@ -222,11 +226,8 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self,
-        outputs: Dict[str, Tensor],
-        targets: List[Dict[str, Tensor]],
-        generator: Optional[torch.Generator] = None,
-    ) -> List[Tuple[Tensor, Tensor]]:
+        self, outputs: Outputs, targets: Targets, generator: Optional[torch.Generator] = None
+    ) -> Matches:
         indices = []
         for b, cost in enumerate(self.cost_matrices(outputs, targets, generator)):
             cost = cost.cpu()

@@ -36,15 +36,8 @@ struct BilinearCorners {
 
 template <typename T>
 C10_HOST_DEVICE inline void set_corner(
-    BilinearCorners<T>& c,
-    int k,
-    int64_t row,
-    int64_t col,
-    int64_t H,
-    int64_t W,
-    T weight,
-    T dweight_dx,
-    T dweight_dy) {
+    BilinearCorners<T>& c, int k, int64_t row, int64_t col, int64_t H, int64_t W, T weight,
+    T dweight_dx, T dweight_dy) {
   c.valid[k] = row >= 0 && row < H && col >= 0 && col < W;
   c.token[k] = row * W + col;
   c.weight[k] = weight;

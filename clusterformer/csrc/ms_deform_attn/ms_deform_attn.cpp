@@ -12,14 +12,6 @@ namespace {
 
 constexpr const char* kOp = "ms_deform_attn: ";
 
-struct Inputs {
-  at::Tensor value;
-  at::Tensor spatial_shapes;
-  at::Tensor level_start_index;
-  at::Tensor sampling_locations;
-  at::Tensor attention_weights;
-};
-
 void check_device(const at::Tensor& tensor, const char* name, const at::Tensor& value) {
   TORCH_CHECK(
       tensor.device() == value.device(), kOp, name, " is on ", tensor.device(),
@@ -36,11 +28,8 @@ void check_dtype(const at::Tensor& tensor, const char* name, const at::Tensor& v
 // that the Meta kernels can share it: under torch.compile / torch.export the tensors are fake and
 // their sizes may be symbols, on which sizes() throws (for real tensors SymInts are plain ints).
 void check_inputs(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   TORCH_CHECK(
       value.dim() == 4, kOp, "value must be (N, S, M, D), got shape ", value.sym_sizes());
   TORCH_CHECK(
@@ -99,14 +88,11 @@ void check_grad_output(
 }
 
 // Checks the inputs; returns contiguous tensors (index tensors as int64).
-Inputs prepare(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+MSDeformAttnInputs prepare(
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  return Inputs{
+  return MSDeformAttnInputs{
       value.contiguous(),
       spatial_shapes.to(at::kLong).contiguous(),
       level_start_index.to(at::kLong).contiguous(),
@@ -138,24 +124,17 @@ void check_cpu_dtype(const at::Tensor& value) {
 }  // namespace
 
 at::Tensor ms_deform_attn_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
-  const Inputs in =
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
+  const MSDeformAttnInputs in =
       prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   if (in.value.is_cpu()) {
     check_cpu_dtype(in.value);
-    return ms_deform_attn_cpu_forward(
-        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
-        in.attention_weights);
+    return ms_deform_attn_cpu_forward(in);
   }
   if (in.value.is_cuda()) {
 #ifdef WITH_CUDA
-    return ms_deform_attn_cuda_forward(
-        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
-        in.attention_weights);
+    return ms_deform_attn_cuda_forward(in);
 #else
     fail_no_cuda();
 #endif
@@ -164,28 +143,21 @@ at::Tensor ms_deform_attn_forward(
 }
 
 std::vector<at::Tensor> ms_deform_attn_backward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
     const at::Tensor& grad_output) {
-  const Inputs in =
+  const MSDeformAttnInputs in =
       prepare(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_grad_output(in.value, in.sampling_locations, grad_output);
   const at::Tensor grad = grad_output.contiguous();
 
   if (in.value.is_cpu()) {
     check_cpu_dtype(in.value);
-    return ms_deform_attn_cpu_backward(
-        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
-        in.attention_weights, grad);
+    return ms_deform_attn_cpu_backward(in, grad);
   }
   if (in.value.is_cuda()) {
 #ifdef WITH_CUDA
-    return ms_deform_attn_cuda_backward(
-        in.value, in.spatial_shapes, in.level_start_index, in.sampling_locations,
-        in.attention_weights, grad);
+    return ms_deform_attn_cuda_backward(in, grad);
 #else
     fail_no_cuda();
 #endif
@@ -198,11 +170,8 @@ std::vector<at::Tensor> ms_deform_attn_backward(
 // shapes): the outputs are built from sym_sizes. Same checks as the device kernels, except the
 // ones that need data (the level sizes) or the real device (the CPU kernel's dtypes).
 at::Tensor ms_deform_attn_meta_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const std::vector<c10::SymInt> shape{
       value.sym_size(0), sampling_locations.sym_size(1), value.sym_size(2) * value.sym_size(3)};
@@ -210,11 +179,8 @@ at::Tensor ms_deform_attn_meta_forward(
 }
 
 std::vector<at::Tensor> ms_deform_attn_meta_backward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
     const at::Tensor& grad_output) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_grad_output(value, sampling_locations, grad_output);

@@ -24,70 +24,40 @@ namespace clusterformer {
 // Device-dispatching entry points (ms_deform_attn.cpp): validate the inputs, make them
 // contiguous and call the CPU or CUDA implementation.
 at::Tensor ms_deform_attn_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights);
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights);
 
 // Returns {grad_value, grad_sampling_locations, grad_attention_weights}.
 std::vector<at::Tensor> ms_deform_attn_backward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
     const at::Tensor& grad_output);
 
-// Meta kernels (ms_deform_attn.cpp): output shapes and dtypes only, for FakeTensor tracing
-// (torch.compile, torch.export); they accept symbolic sizes.
-at::Tensor ms_deform_attn_meta_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights);
+// Meta kernels (ms_deform_attn.cpp), with the entry points' signatures: output shapes and dtypes
+// only, for FakeTensor tracing (torch.compile, torch.export); they accept symbolic sizes.
+decltype(ms_deform_attn_forward) ms_deform_attn_meta_forward;
+decltype(ms_deform_attn_backward) ms_deform_attn_meta_backward;
 
-std::vector<at::Tensor> ms_deform_attn_meta_backward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    const at::Tensor& grad_output);
+// The inputs of the device implementations, as the entry points hand them over: validated (shapes,
+// dtypes, devices), contiguous, the index tensors int64, and one floating dtype for value,
+// sampling_locations and attention_weights (and grad_output).
+struct MSDeformAttnInputs {
+  at::Tensor value;
+  at::Tensor spatial_shapes;
+  at::Tensor level_start_index;
+  at::Tensor sampling_locations;
+  at::Tensor attention_weights;
+};
 
-// Device implementations. They expect validated, contiguous inputs on their device with one
-// floating dtype for value / sampling_locations / attention_weights (and grad_output).
-at::Tensor ms_deform_attn_cpu_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights);
-
+// Device implementations.
+at::Tensor ms_deform_attn_cpu_forward(const MSDeformAttnInputs& in);
 std::vector<at::Tensor> ms_deform_attn_cpu_backward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    const at::Tensor& grad_output);
+    const MSDeformAttnInputs& in, const at::Tensor& grad_output);
 
 #ifdef WITH_CUDA
-at::Tensor ms_deform_attn_cuda_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights);
-
+at::Tensor ms_deform_attn_cuda_forward(const MSDeformAttnInputs& in);
 std::vector<at::Tensor> ms_deform_attn_cuda_backward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    const at::Tensor& grad_output);
+    const MSDeformAttnInputs& in, const at::Tensor& grad_output);
 #endif
 
 }  // namespace clusterformer

@@ -47,10 +47,7 @@ inline void axpy(
 // scatter into grad_value and the dot product the location / weight gradients need.
 template <typename scalar_t, int kD>
 inline scalar_t scatter_and_dot(
-    int64_t D,
-    scalar_t coef,
-    const scalar_t* __restrict__ g,
-    const scalar_t* __restrict__ v,
+    int64_t D, scalar_t coef, const scalar_t* __restrict__ g, const scalar_t* __restrict__ v,
     scalar_t* __restrict__ grad_v) {
   if (kD > 0) D = kD;
   scalar_t dot = 0;
@@ -94,13 +91,8 @@ void check_levels(
 
 template <typename scalar_t, int kD>
 void forward_kernel(
-    const Sizes& z,
-    const scalar_t* value,
-    const int64_t* shapes,
-    const int64_t* starts,
-    const scalar_t* locations,
-    const scalar_t* weights,
-    scalar_t* out) {
+    const Sizes& z, const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+    const scalar_t* locations, const scalar_t* weights, scalar_t* out) {
   const int64_t token_stride = z.M * z.D;  // distance between two tokens of one head in value
   // A (batch, query) task does M * L * P samples; a few dozen tasks amortise scheduling.
   at::parallel_for(0, z.N * z.Lq, 16, [&](int64_t begin, int64_t end) {
@@ -208,39 +200,29 @@ void dispatch_channels(int64_t D, const Fn& fn) {
 
 }  // namespace
 
-at::Tensor ms_deform_attn_cpu_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
-  const Sizes z = sizes_of(value, sampling_locations);
-  check_levels(spatial_shapes, level_start_index, z.S);
-  at::Tensor out = at::empty({z.N, z.Lq, z.M * z.D}, value.options());
-  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_forward", [&] {
+at::Tensor ms_deform_attn_cpu_forward(const MSDeformAttnInputs& in) {
+  const Sizes z = sizes_of(in.value, in.sampling_locations);
+  check_levels(in.spatial_shapes, in.level_start_index, z.S);
+  at::Tensor out = at::empty({z.N, z.Lq, z.M * z.D}, in.value.options());
+  AT_DISPATCH_FLOATING_TYPES(in.value.scalar_type(), "ms_deform_attn_cpu_forward", [&] {
     dispatch_channels(z.D, [&](auto kD) {
       forward_kernel<scalar_t, decltype(kD)::value>(
-          z, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-          level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
-          attention_weights.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+          z, in.value.data_ptr<scalar_t>(), in.spatial_shapes.data_ptr<int64_t>(),
+          in.level_start_index.data_ptr<int64_t>(), in.sampling_locations.data_ptr<scalar_t>(),
+          in.attention_weights.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
     });
   });
   return out;
 }
 
 std::vector<at::Tensor> ms_deform_attn_cpu_backward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    const at::Tensor& grad_output) {
-  const Sizes z = sizes_of(value, sampling_locations);
-  check_levels(spatial_shapes, level_start_index, z.S);
-  at::Tensor grad_value = at::zeros_like(value);
+    const MSDeformAttnInputs& in, const at::Tensor& grad_output) {
+  const Sizes z = sizes_of(in.value, in.sampling_locations);
+  check_levels(in.spatial_shapes, in.level_start_index, z.S);
+  at::Tensor grad_value = at::zeros_like(in.value);
   // Every sample's gradient is written exactly once, so these need no zeroing.
-  at::Tensor grad_locations = at::empty_like(sampling_locations);
-  at::Tensor grad_weights = at::empty_like(attention_weights);
+  at::Tensor grad_locations = at::empty_like(in.sampling_locations);
+  at::Tensor grad_weights = at::empty_like(in.attention_weights);
 
   // Enough (n, m, query block) tasks to occupy every thread; see the note at the top.
   const int64_t pairs = z.N * z.M;
@@ -251,15 +233,15 @@ std::vector<at::Tensor> ms_deform_attn_cpu_backward(
   }
   at::Tensor grad_value_copies;
   if (query_blocks > 1) {
-    grad_value_copies = at::zeros({query_blocks - 1, z.N, z.S, z.M, z.D}, value.options());
+    grad_value_copies = at::zeros({query_blocks - 1, z.N, z.S, z.M, z.D}, in.value.options());
   }
 
-  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.value.scalar_type(), "ms_deform_attn_cpu_backward", [&] {
     dispatch_channels(z.D, [&](auto kD) {
       backward_kernel<scalar_t, decltype(kD)::value>(
-          z, query_blocks, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-          level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
-          attention_weights.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
+          z, query_blocks, in.value.data_ptr<scalar_t>(), in.spatial_shapes.data_ptr<int64_t>(),
+          in.level_start_index.data_ptr<int64_t>(), in.sampling_locations.data_ptr<scalar_t>(),
+          in.attention_weights.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
           grad_value.data_ptr<scalar_t>(),
           query_blocks > 1 ? grad_value_copies.data_ptr<scalar_t>() : nullptr,
           grad_locations.data_ptr<scalar_t>(), grad_weights.data_ptr<scalar_t>());

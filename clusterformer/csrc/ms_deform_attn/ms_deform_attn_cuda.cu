@@ -59,14 +59,9 @@ struct Sizes {
 
 template <typename scalar_t>
 __global__ void forward_kernel(
-    Sizes z,
-    int group,
-    const scalar_t* __restrict__ value,
-    const int64_t* __restrict__ shapes,
-    const int64_t* __restrict__ starts,
-    const scalar_t* __restrict__ locations,
-    const scalar_t* __restrict__ weights,
-    scalar_t* __restrict__ out) {
+    Sizes z, int group, const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
+    const int64_t* __restrict__ starts, const scalar_t* __restrict__ locations,
+    const scalar_t* __restrict__ weights, scalar_t* __restrict__ out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t row = thread / group;  // (n, q, m)
@@ -113,16 +108,10 @@ __device__ __forceinline__ acc_t group_sum(acc_t v, int group) {
 
 template <typename scalar_t>
 __global__ void backward_kernel(
-    Sizes z,
-    int group,
-    const scalar_t* __restrict__ value,
-    const int64_t* __restrict__ shapes,
-    const int64_t* __restrict__ starts,
-    const scalar_t* __restrict__ locations,
-    const scalar_t* __restrict__ weights,
-    const scalar_t* __restrict__ grad_out,
-    at::opmath_type<scalar_t>* __restrict__ grad_value,
-    scalar_t* __restrict__ grad_locations,
+    Sizes z, int group, const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
+    const int64_t* __restrict__ starts, const scalar_t* __restrict__ locations,
+    const scalar_t* __restrict__ weights, const scalar_t* __restrict__ grad_out,
+    at::opmath_type<scalar_t>* __restrict__ grad_value, scalar_t* __restrict__ grad_locations,
     scalar_t* __restrict__ grad_weights) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -190,44 +179,34 @@ Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
 
 }  // namespace
 
-at::Tensor ms_deform_attn_cuda_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
-  const c10::cuda::OptionalCUDAGuard device_guard(value.device());
-  const Sizes z = sizes_of(value, sampling_locations);
-  at::Tensor out = at::empty({value.size(0), z.Lq, z.M * z.D}, value.options());
+at::Tensor ms_deform_attn_cuda_forward(const MSDeformAttnInputs& in) {
+  const c10::cuda::OptionalCUDAGuard device_guard(in.value.device());
+  const Sizes z = sizes_of(in.value, in.sampling_locations);
+  at::Tensor out = at::empty({in.value.size(0), z.Lq, z.M * z.D}, in.value.options());
   if (z.rows == 0 || z.D == 0) return out.zero_();
   const int group = group_size_for(z.D);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cuda_forward", [&] {
+      at::kHalf, at::kBFloat16, in.value.scalar_type(), "ms_deform_attn_cuda_forward", [&] {
         forward_kernel<scalar_t><<<blocks_for(z.rows, group), kThreadsPerBlock, 0, stream>>>(
-            z, group, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-            level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
-            attention_weights.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+            z, group, in.value.data_ptr<scalar_t>(), in.spatial_shapes.data_ptr<int64_t>(),
+            in.level_start_index.data_ptr<int64_t>(), in.sampling_locations.data_ptr<scalar_t>(),
+            in.attention_weights.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return out;
 }
 
 std::vector<at::Tensor> ms_deform_attn_cuda_backward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    const at::Tensor& grad_output) {
-  const c10::cuda::OptionalCUDAGuard device_guard(value.device());
-  const Sizes z = sizes_of(value, sampling_locations);
-  const auto acc_dtype = at::toOpMathType(value.scalar_type());
+    const MSDeformAttnInputs& in, const at::Tensor& grad_output) {
+  const c10::cuda::OptionalCUDAGuard device_guard(in.value.device());
+  const Sizes z = sizes_of(in.value, in.sampling_locations);
+  const auto acc_dtype = at::toOpMathType(in.value.scalar_type());
   // Atomics accumulate in the opmath dtype (see the note at the top).
-  at::Tensor grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_dtype));
+  at::Tensor grad_value_acc = at::zeros(in.value.sizes(), in.value.options().dtype(acc_dtype));
   // Every sample's gradient is written exactly once, so these need no zeroing.
-  at::Tensor grad_locations = at::empty_like(sampling_locations);
-  at::Tensor grad_weights = at::empty_like(attention_weights);
+  at::Tensor grad_locations = at::empty_like(in.sampling_locations);
+  at::Tensor grad_weights = at::empty_like(in.attention_weights);
   if (z.rows == 0 || z.D == 0) {
     grad_locations.zero_();
     grad_weights.zero_();
@@ -235,20 +214,21 @@ std::vector<at::Tensor> ms_deform_attn_cuda_backward(
     const int group = group_size_for(z.D);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cuda_backward", [&] {
+        at::kHalf, at::kBFloat16, in.value.scalar_type(), "ms_deform_attn_cuda_backward", [&] {
           using acc_t = at::opmath_type<scalar_t>;
           backward_kernel<scalar_t><<<blocks_for(z.rows, group), kThreadsPerBlock, 0, stream>>>(
-              z, group, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-              level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<scalar_t>(),
-              attention_weights.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
+              z, group, in.value.data_ptr<scalar_t>(), in.spatial_shapes.data_ptr<int64_t>(),
+              in.level_start_index.data_ptr<int64_t>(), in.sampling_locations.data_ptr<scalar_t>(),
+              in.attention_weights.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
               grad_value_acc.data_ptr<acc_t>(), grad_locations.data_ptr<scalar_t>(),
               grad_weights.data_ptr<scalar_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
   }
   at::Tensor grad_value =
-      grad_value_acc.scalar_type() == value.scalar_type() ? grad_value_acc
-                                                          : grad_value_acc.to(value.scalar_type());
+      grad_value_acc.scalar_type() == in.value.scalar_type()
+          ? grad_value_acc
+          : grad_value_acc.to(in.value.scalar_type());
   return {grad_value, grad_locations, grad_weights};
 }
 

@@ -36,28 +36,14 @@ Gradients as_tuple(std::vector<at::Tensor> grads) {
   return {std::move(grads[0]), std::move(grads[1]), std::move(grads[2])};
 }
 
-// Backend kernels of the backward op: the device-dispatching entry points return a vector, the
-// schema a tuple.
+// Backend kernels of the backward op, one per entry point (device-dispatching or Meta): those
+// return a vector, the schema a tuple.
+template <decltype(ms_deform_attn_backward)* entry_point>
 Gradients backward_kernel(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
     const at::Tensor& grad_output) {
-  return as_tuple(ms_deform_attn_backward(
-      value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-      grad_output));
-}
-
-Gradients backward_meta(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    const at::Tensor& grad_output) {
-  return as_tuple(ms_deform_attn_meta_backward(
+  return as_tuple(entry_point(
       value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
       grad_output));
 }
@@ -65,11 +51,8 @@ Gradients backward_meta(
 // Redispatching through the operator handles (not calling the kernels directly) lets the
 // dispatcher pick the backend kernel, or the Meta kernel and a tracer's mode while tracing.
 at::Tensor call_forward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("clusterformer::ms_deform_attn", "")
                              .typed<decltype(ms_deform_attn_forward)>();
@@ -77,15 +60,12 @@ at::Tensor call_forward(
 }
 
 Gradients call_backward(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
     const at::Tensor& grad_output) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("clusterformer::ms_deform_attn_backward", "")
-                             .typed<decltype(backward_kernel)>();
+                             .typed<decltype(backward_kernel<ms_deform_attn_backward>)>();
   return op.call(
       value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
       grad_output);
@@ -96,11 +76,8 @@ Gradients call_backward(
 class MSDeformAttnFunction : public torch::autograd::Function<MSDeformAttnFunction> {
  public:
   static at::Tensor forward(
-      AutogradContext* ctx,
-      const at::Tensor& value,
-      const at::Tensor& spatial_shapes,
-      const at::Tensor& level_start_index,
-      const at::Tensor& sampling_locations,
+      AutogradContext* ctx, const at::Tensor& value, const at::Tensor& spatial_shapes,
+      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
       const at::Tensor& attention_weights) {
     // Below autograd the call reaches the CPU / CUDA / Meta kernel (and any tracing mode).
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -155,21 +132,15 @@ class MSDeformAttnBackwardFunction
 };
 
 at::Tensor forward_autograd(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
   return MSDeformAttnFunction::apply(
       value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
 }
 
 Gradients backward_autograd(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
     const at::Tensor& grad_output) {
   variable_list grads = MSDeformAttnBackwardFunction::apply(
       value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
@@ -197,19 +168,19 @@ TORCH_LIBRARY(clusterformer, m) {
 // the argument) and call the CPU or CUDA implementation.
 TORCH_LIBRARY_IMPL(clusterformer, CPU, m) {
   m.impl("ms_deform_attn", &ms_deform_attn_forward);
-  m.impl("ms_deform_attn_backward", &backward_kernel);
+  m.impl("ms_deform_attn_backward", &backward_kernel<ms_deform_attn_backward>);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(clusterformer, CUDA, m) {
   m.impl("ms_deform_attn", &ms_deform_attn_forward);
-  m.impl("ms_deform_attn_backward", &backward_kernel);
+  m.impl("ms_deform_attn_backward", &backward_kernel<ms_deform_attn_backward>);
 }
 #endif
 
 TORCH_LIBRARY_IMPL(clusterformer, Meta, m) {
   m.impl("ms_deform_attn", &ms_deform_attn_meta_forward);
-  m.impl("ms_deform_attn_backward", &backward_meta);
+  m.impl("ms_deform_attn_backward", &backward_kernel<ms_deform_attn_meta_backward>);
 }
 
 TORCH_LIBRARY_IMPL(clusterformer, Autograd, m) {

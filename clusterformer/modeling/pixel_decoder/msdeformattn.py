@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..common_layers import ConvNormAct, caffe2_xavier_init_
+from ..common_layers import ConvNormAct, caffe2_xavier_init_, xavier_init_matrices_
 from ..ops import MSDeformAttn
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 
@@ -88,9 +88,7 @@ class DeformableTransformerEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_matrices_(self)
         # MSDeformAttn's own initialisation (directional offsets, uniform weights) must win.
         for m in self.modules():
             if isinstance(m, MSDeformAttn):

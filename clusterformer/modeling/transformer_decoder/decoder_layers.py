@@ -7,6 +7,8 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..common_layers import xavier_init_matrices_
+
 
 class SelfAttentionLayer(nn.Module):
     """Self-attention among the queries: ``x = LN(x + Dropout(MHA(x + pos, x + pos, x)))``.
@@ -20,9 +22,7 @@ class SelfAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_matrices_(self)
 
     def forward(self, x: Tensor, pos: Optional[Tensor] = None) -> Tensor:
         """``x``, ``pos``: ``(B, Q, C)`` -> ``(B, Q, C)``."""
@@ -49,9 +49,7 @@ class FFNLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d_model)
         self.pre_norm = pre_norm
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init_matrices_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, Q, C)`` -> ``(B, Q, C)``."""
