@@ -124,6 +124,7 @@ def build_transformer_decoder(cfg: CfgNode) -> ClusteringTransformerDecoder:
         mask_dim=h.MASK_DIM,
         enforce_input_project=d.ENFORCE_INPUT_PROJ,
         cross_attention=d.CROSS_ATTENTION,
+        cross_attention_init=d.CROSS_ATTENTION_INIT,
         clustering_iterations=d.CLUSTERING_ITERATIONS,
         dropout=d.DROPOUT,
         num_feature_levels=len(h.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),

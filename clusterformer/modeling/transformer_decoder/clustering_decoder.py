@@ -67,6 +67,8 @@ class ClusteringTransformerDecoder(nn.Module):
         mask_dim: channels of the mask features.
         enforce_input_project: 1x1 conv on the features even when ``in_channels == hidden_dim``.
         cross_attention: ``"clustering"`` (default) or ``"masked_attention"``.
+        cross_attention_init: the cross-attentions' projection initialisation, ``"separate"``
+            (default) or ``"packed"`` (Mask2Former's; see :class:`QueryPixelAttention`).
         clustering_iterations: ``T`` shared-weight EM iterations per clustering step.
         dropout: dropout of every sub-layer.
         num_feature_levels: number of multi-scale features (3).
@@ -127,6 +129,7 @@ class ClusteringTransformerDecoder(nn.Module):
         mask_dim: int = 256,
         enforce_input_project: bool = False,
         cross_attention: str = "clustering",
+        cross_attention_init: str = "separate",
         clustering_iterations: int = 3,
         dropout: float = 0.0,
         num_feature_levels: int = 3,
@@ -200,11 +203,14 @@ class ClusteringTransformerDecoder(nn.Module):
             self.anchor_boxes = None
 
         def make_cross() -> nn.Module:
+            shared = {
+                "dropout": dropout,
+                "pre_norm": pre_norm,
+                "projection_init": cross_attention_init,
+            }
             if cross_attention == "clustering":
-                return ClusteringCrossAttention(
-                    hidden_dim, nheads, clustering_iterations, dropout=dropout, pre_norm=pre_norm
-                )
-            return MaskedCrossAttention(hidden_dim, nheads, dropout=dropout, pre_norm=pre_norm)
+                return ClusteringCrossAttention(hidden_dim, nheads, clustering_iterations, **shared)
+            return MaskedCrossAttention(hidden_dim, nheads, **shared)
 
         self.cross_attention_layers = nn.ModuleList(make_cross() for _ in range(dec_layers))
         self.self_attention_layers = nn.ModuleList(

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 from ..clustering import append_mass_column, e_step, m_step
 
+PROJECTION_INITS = ("separate", "packed")
+
 
 def release_empty_restrictions(allowed: Tensor) -> Tensor:
     """Lift the restriction of every query that allows no pixel at all (Mask2Former's rule).
@@ -78,13 +80,28 @@ class QueryPixelAttention(nn.Module):
         n_heads: heads ``M``.
         dropout: on the update.
         pre_norm: pre-norm instead of post-norm.
+        projection_init: ``"separate"`` (default): one Xavier-uniform draw per ``C x C``
+            projection; ``"packed"``: Mask2Former's, one draw over the packed ``3C x C`` query /
+            key / value matrix of ``nn.MultiheadAttention`` (a bound ``sqrt(2)`` times smaller for
+            those three; the output projection is drawn alone either way).
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, pre_norm: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float = 0.0,
+        pre_norm: bool = False,
+        projection_init: str = "separate",
+    ):
         super().__init__()
+        name = type(self).__name__
         if d_model % n_heads != 0:
+            raise ValueError(f"{name}: d_model {d_model} not divisible by n_heads {n_heads}")
+        if projection_init not in PROJECTION_INITS:
             raise ValueError(
-                f"{type(self).__name__}: d_model {d_model} not divisible by n_heads {n_heads}"
+                f"{name}: projection_init must be one of {PROJECTION_INITS}, got "
+                f"{projection_init!r}"
             )
         self.n_heads = n_heads
         self.pre_norm = pre_norm
@@ -95,8 +112,17 @@ class QueryPixelAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
-        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(proj.weight)
+        projections = (self.q_proj, self.k_proj, self.v_proj, self.out_proj)
+        if projection_init == "separate":
+            for proj in projections:
+                nn.init.xavier_uniform_(proj.weight)
+        else:
+            packed = nn.init.xavier_uniform_(torch.empty(3 * d_model, d_model))
+            with torch.no_grad():
+                for proj, weight in zip(projections[:3], packed.chunk(3)):
+                    proj.weight.copy_(weight)
+            nn.init.xavier_uniform_(self.out_proj.weight)
+        for proj in projections:
             nn.init.zeros_(proj.bias)
 
     def forward(
@@ -177,6 +203,7 @@ class ClusteringCrossAttention(QueryPixelAttention):
         dropout: on the update.
         pre_norm: pre-norm instead of post-norm.
         eps: M-step guard for empty clusters.
+        projection_init: see :class:`QueryPixelAttention`.
     """
 
     def __init__(
@@ -187,8 +214,9 @@ class ClusteringCrossAttention(QueryPixelAttention):
         dropout: float = 0.0,
         pre_norm: bool = False,
         eps: float = 1e-6,
+        projection_init: str = "separate",
     ):
-        super().__init__(d_model, n_heads, dropout, pre_norm)
+        super().__init__(d_model, n_heads, dropout, pre_norm, projection_init)
         if iterations < 1:
             raise ValueError(f"ClusteringCrossAttention: iterations must be >= 1, got {iterations}")
         self.iterations = iterations
