@@ -10,7 +10,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from clusterformer.modeling.backbone import ClusteringMixer, build_clusterformer_backbone
+from clusterformer.modeling.backbone import (
+    ClusteringMixer,
+    build_clusterformer_backbone,
+    default_clustering_settings,
+)
 from clusterformer.modeling.segmenter import build_clusterformer_segmenter
 from clusterformer.modeling.transformer_decoder import (
     ClusteringCrossAttention,
@@ -61,18 +65,7 @@ class MainOutputs(nn.Module):
 
 def _paper_mixer(dim: int) -> ClusteringMixer:
     """A mixer of the tiny backbone: 32-channel heads, the paper's clustering settings."""
-    return ClusteringMixer(
-        dim,
-        num_heads=dim // 32,
-        head_dim=32,
-        window_size=7,
-        centres_per_window=2,
-        iterations=3,
-        temperature="none",
-        mstep_normalization="mean",
-        assignment_softmax="clusters",
-        dispatch="soft",
-    )
+    return ClusteringMixer(dim, num_heads=dim // 32, head_dim=32, **default_clustering_settings())
 
 
 def image_inputs(height: int, width: int) -> Callable[[int, str], Tuple[Tensor, ...]]:

@@ -19,6 +19,7 @@ from .clusterformer import (
     clusterformer_small,
     clusterformer_tiny,
     coordinate_channels,
+    default_clustering_settings,
 )
 from .clustering_mixer import ClusteringMixer, FeatureDispatch, RecurrentClusteringAttention
 from .window_attention_mixer import WindowAttentionMixer
@@ -45,5 +46,6 @@ __all__ = [
     "clusterformer_small",
     "clusterformer_tiny",
     "coordinate_channels",
+    "default_clustering_settings",
     "global_pool_features",
 ]

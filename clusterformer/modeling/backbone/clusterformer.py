@@ -6,6 +6,7 @@ strides 4/8/16/32, joined by 3x3 stride-2 convolutions. The output at stride s h
 ``ceil(H / s) x ceil(W / s)`` tokens for any input of at least 32 x 32 pixels.
 """
 
+import inspect
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -20,6 +21,16 @@ STAGE_NAMES = ("res2", "res3", "res4", "res5")
 MIXERS = ("clustering", "window_attention")
 STAGE_STRIDES = (4, 8, 16, 32)
 MIN_INPUT_SIZE = 32
+# The ClusteringMixer settings that ClusterFormerBackbone passes to every mixer unchanged.
+CLUSTERING_SETTINGS = (
+    "window_size",
+    "centres_per_window",
+    "iterations",
+    "temperature",
+    "mstep_normalization",
+    "assignment_softmax",
+    "dispatch",
+)
 
 
 class StageClusterIds(NamedTuple):
@@ -404,6 +415,16 @@ def clusterformer_preset(name: str) -> Dict[str, Any]:
     if name not in PRESETS:
         raise KeyError(f"Unknown ClusterFormer preset {name!r}; choose from {sorted(PRESETS)}.")
     return dict(PRESETS[name])
+
+
+def default_clustering_settings() -> Dict[str, Any]:
+    """The backbone's default (the paper's) :class:`ClusteringMixer` settings, by keyword.
+
+    Read from :class:`ClusterFormerBackbone`'s signature, the one place they are written, for
+    code that builds a mixer on its own (benchmarks, tests).
+    """
+    parameters = inspect.signature(ClusterFormerBackbone.__init__).parameters
+    return {name: parameters[name].default for name in CLUSTERING_SETTINGS}
 
 
 def build_clusterformer_backbone(preset: str = "tiny", **overrides: Any) -> ClusterFormerBackbone:

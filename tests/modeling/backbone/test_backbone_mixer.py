@@ -11,6 +11,7 @@ from clusterformer.modeling.backbone import (
     ClusteringMixer,
     FeatureDispatch,
     RecurrentClusteringAttention,
+    default_clustering_settings,
 )
 
 FLAG_GRID = list(
@@ -20,23 +21,27 @@ FLAG_GRID = list(
 )
 
 
-PAPER_FLAGS = {
-    "temperature": "none",
-    "mstep_normalization": "mean",
-    "assignment_softmax": "clusters",
-    "dispatch": "soft",
-}
+def test_default_clustering_settings_are_the_papers():
+    # docs/method.md §1: T = 3, 2 x 2 centres per 7 x 7 window, no temperature, mean M-step,
+    # softmax over the clusters, soft dispatch (Eq. 6).
+    assert default_clustering_settings() == {
+        "window_size": 7,
+        "centres_per_window": 2,
+        "iterations": 3,
+        "temperature": "none",
+        "mstep_normalization": "mean",
+        "assignment_softmax": "clusters",
+        "dispatch": "soft",
+    }
 
 
 def make_mixer(dim=8, heads=2, head_dim=4, window=7, k=2, iterations=3, **flags):
+    geometry = {"window_size": window, "centres_per_window": k, "iterations": iterations}
     mixer = ClusteringMixer(
         dim,
         num_heads=heads,
         head_dim=head_dim,
-        window_size=window,
-        centres_per_window=k,
-        iterations=iterations,
-        **{**PAPER_FLAGS, **flags},
+        **{**default_clustering_settings(), **geometry, **flags},
     )
     # A non-identity centre map and non-default dispatch parameters exercise every term.
     with torch.no_grad():
