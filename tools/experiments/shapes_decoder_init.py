@@ -23,7 +23,7 @@ from tools.experiments.shapes_convergence import run_shapes_panoptic_experiment
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
 NOTES = (
-    "The `make run` recipe, three seeds per variant; the variants differ only in "
+    "The `make run` recipe; the variants differ only in "
     "MODEL.CLUSTER_DECODER.CROSS_ATTENTION and MODEL.CLUSTER_DECODER.CROSS_ATTENTION_INIT. "
     "Boxes are those of the instance output (from the masks)."
 )
