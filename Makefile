@@ -12,6 +12,9 @@ MODERN_PY := $(MODERN_VENV)/bin/python
 CUDA_ARCHS ?= 9.0
 RUN_CONFIG ?= configs/shapes/panoptic-segmentation/clusterformer_nano.yaml
 RUN_OUTPUT ?= output/shapes_panoptic
+# `make run` trains in two processes of one thread each on 2 cores (gloo, batch 4 each, the same
+# total batch): 0.85x the time per iteration of one process on two threads (docs/benchmarks.md).
+RUN_PROCESSES ?= 2
 REFERENCE_MODEL_CONFIG ?= configs/shapes/panoptic-segmentation/clusterformer_nano_reference.yaml
 REFERENCE_MODEL_OUTPUT ?= output/shapes_panoptic_reference
 REFERENCE_MODEL_WEIGHTS ?= checkpoints/shapes/clusterformer_nano_shapes_panoptic.pth
@@ -93,7 +96,8 @@ build-modern: env-modern
 # with the demo and the training curves (losses, lr, metrics) from metrics.json, then print the
 # metrics and where everything is.
 run: build
-	$(PY) train_net.py --config-file $(RUN_CONFIG) --num-gpus 1 OUTPUT_DIR $(RUN_OUTPUT) MODEL.DEVICE cpu
+	$(PY) train_net.py --config-file $(RUN_CONFIG) --num-gpus $(RUN_PROCESSES) \
+	  OUTPUT_DIR $(RUN_OUTPUT) MODEL.DEVICE cpu
 	$(PY) demo/demo.py --config-file $(RUN_CONFIG) --show-clusters \
 	  --input "$${DETECTRON2_DATASETS:-datasets}/shapes/val/00000100000[1-8].png" \
 	  --output $(RUN_OUTPUT)/visualizations --opts MODEL.WEIGHTS $(RUN_OUTPUT)/model_final.pth

@@ -40,6 +40,7 @@ NEEDS_DETECTRON2 = [
     "data/datasets/test_shapes_registration.py",
     "deploy/test_export_model.py",
     "tools/test_benchmark_train_step.py",
+    "tools/test_benchmark_train_processes.py",
     "tools/experiments/test_reference_model.py",
     "tools/experiments/test_shapes_pretrained_weights.py",
 ]

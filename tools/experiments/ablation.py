@@ -36,6 +36,8 @@ class Variant:
 
     ``eval_weights``: evaluate a trained checkpoint instead of training (``train_net.py
     --eval-only``); a path relative to the repository in which ``{seed}`` is the run's seed.
+    ``processes``: training processes of the run (``train_net.py --num-gpus``; on the CPU they
+    share the machine's cores, as ``make run`` does).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Variant:
     eval_weights: str = ""
     # The seeds of this variant when they differ from the experiment's (e.g. one screening seed).
     seeds: Sequence[int] = ()
+    processes: int = 1
 
 
 def experiment_parser(
@@ -103,6 +106,7 @@ def run_variant(
         sys.executable,
         os.path.join(REPO, "train_net.py"),
         *(["--eval-only"] if weights else []),
+        *(["--num-gpus", str(variant.processes)] if variant.processes > 1 else []),
         "--config-file",
         os.path.join(REPO, variant.config),
         *variant.opts,
@@ -179,7 +183,11 @@ def merge_rows(
         row = old.get(variant.name)
         if row is None:
             continue
-        if row["config"] != variant.config or list(row["opts"]) != list(variant.opts):
+        if (
+            row["config"] != variant.config
+            or list(row["opts"]) != list(variant.opts)
+            or row.get("processes", 1) != variant.processes
+        ):
             print(
                 f"[ablation] {variant.name}: the previous report measured other options; its row "
                 "is dropped (run the variant to measure it again)",
@@ -231,6 +239,7 @@ def run_ablation(
             "description": variant.description,
             "config": variant.config,
             "opts": variant.opts,
+            "processes": variant.processes,
             "seeds": variant_seeds,
             "revision": revision,
             "seconds": [runs[s]["seconds"] for s in variant_seeds],
@@ -290,6 +299,8 @@ def run_ablation(
             for m in metric_names
         )
         opts = " ".join(row["opts"]) or "(defaults)"
+        if row.get("processes", 1) > 1:
+            opts = f"`--num-gpus {row['processes']}` {opts}"
         if row["config"] != rows[0]["config"]:
             opts = f"`{row['config']}` {opts}"
         seeds_cell = ", ".join(map(str, row["seeds"]))

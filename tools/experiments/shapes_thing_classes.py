@@ -36,6 +36,10 @@ LONGER = ["SOLVER.MAX_ITER", "1200", "SOLVER.STEPS", "(1080,)"]
 # Twice the iterations (lr / 10 at 90%, as in `make run`): what the budget holds once the
 # training step is faster (docs/benchmarks.md).
 TWICE = ["SOLVER.MAX_ITER", "2000", "SOLVER.STEPS", "(1800,)"]
+# Three quarters of TWICE (lr / 10 at 90%): what 15 minutes of `make run` hold with its two
+# training processes of one thread each (0.85x the time per iteration of one process on two
+# threads, docs/benchmarks.md).
+THREE_QUARTERS = ["SOLVER.MAX_ITER", "1500", "SOLVER.STEPS", "(1350,)"]
 # An exponential moving average of the weights, evaluated instead of them (MODEL_EMA), with a
 # horizon of about 1 / (1 - decay) = 100 iterations, the length of the decayed-lr phase.
 EMA = ["MODEL_EMA.ENABLED", "True", "MODEL_EMA.DECAY", "0.99"]
@@ -119,6 +123,15 @@ def variants():
             MAKE_RUN + LARGEST_COMPONENT + TWICE,
             "the `make run` recipe (largest components) at 2000 iterations (lr / 10 at 1800)",
             seeds=(0, 1, 2),
+        ),
+        Variant(
+            "make_run_1500_iterations_2_processes",
+            CONFIG,
+            MAKE_RUN + LARGEST_COMPONENT + THREE_QUARTERS,
+            "the `make run` recipe at 1500 iterations (lr / 10 at 1350) in two training "
+            "processes of one thread each (`--num-gpus 2`, batch 4 each): what 15 minutes hold",
+            seeds=(0, 1, 2),
+            processes=2,
         ),
     ]
 
