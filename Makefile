@@ -13,7 +13,7 @@ CUDA_ARCHS ?= 9.0
 RUN_CONFIG ?= configs/shapes/panoptic-segmentation/clusterformer_nano.yaml
 RUN_OUTPUT ?= output/shapes_panoptic
 # `make run` trains in two processes of one thread each on 2 cores (gloo, batch 4 each, the same
-# total batch): 0.85x the time per iteration of one process on two threads (docs/benchmarks.md).
+# total batch): 0.81x the time per iteration of one process on two threads (docs/benchmarks.md).
 RUN_PROCESSES ?= 2
 REFERENCE_MODEL_CONFIG ?= configs/shapes/panoptic-segmentation/clusterformer_nano_reference.yaml
 REFERENCE_MODEL_OUTPUT ?= output/shapes_panoptic_reference

@@ -37,7 +37,7 @@ LONGER = ["SOLVER.MAX_ITER", "1200", "SOLVER.STEPS", "(1080,)"]
 # training step is faster (docs/benchmarks.md).
 TWICE = ["SOLVER.MAX_ITER", "2000", "SOLVER.STEPS", "(1800,)"]
 # Three quarters of TWICE (lr / 10 at 90%): what 15 minutes of `make run` hold with its two
-# training processes of one thread each (0.85x the time per iteration of one process on two
+# training processes of one thread each (0.81x the time per iteration of one process on two
 # threads, docs/benchmarks.md).
 THREE_QUARTERS = ["SOLVER.MAX_ITER", "1500", "SOLVER.STEPS", "(1350,)"]
 # An exponential moving average of the weights, evaluated instead of them (MODEL_EMA), with a
