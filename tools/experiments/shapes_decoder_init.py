@@ -21,9 +21,9 @@ if not __package__:  # run as a file: see tools/__init__.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from tools.experiments.ablation import Variant
 from tools.experiments.shapes_convergence import run_shapes_panoptic_experiment
+from tools.experiments.shapes_thing_classes import TWICE
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano.yaml"
-SCHEDULE = ["SOLVER.MAX_ITER", "2000", "SOLVER.STEPS", "(1800,)"]
 NOTES = (
     "The `make run` model at 2000 iterations (lr / 10 at 1800), one process; the variants "
     "differ only in "
@@ -34,7 +34,7 @@ NOTES = (
 
 def variants():
     def variant(decoder, init):
-        opts = SCHEDULE + ["MODEL.CLUSTER_DECODER.CROSS_ATTENTION", decoder]
+        opts = TWICE + ["MODEL.CLUSTER_DECODER.CROSS_ATTENTION", decoder]
         opts += ["MODEL.CLUSTER_DECODER.CROSS_ATTENTION_INIT", init]
         return Variant(f"{decoder}_{init}", CONFIG, opts, f"{decoder}, {init} projection init")
 
