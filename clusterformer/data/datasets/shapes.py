@@ -26,7 +26,9 @@ nested inside it), in which case it is a compressed RLE; both occur.
 The data set is generated on first use by :func:`ensure_shapes`, into a temporary folder that is
 renamed into place once complete, under an exclusive file lock, so that concurrent processes
 (DDP workers) wait for one generation. A different generator version or parameters trigger a
-new generation. Command line: ``python -m clusterformer.data.datasets.shapes --root DIR``.
+new generation. Scenes are rendered by several processes (one per available CPU, at most 8):
+every scene and image has its own seed, so the files are the same, byte for byte, whatever the
+number. Command line: ``python -m clusterformer.data.datasets.shapes --root DIR [--workers N]``.
 
 This module needs numpy, Pillow and pycocotools only (no detectron2).
 """
@@ -35,9 +37,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import sys
-from typing import Dict, List, Optional, Tuple
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -111,17 +115,16 @@ def _annotate_scene(
     config: ShapesConfig,
     split: str,
     index: int,
-    image_id: int,
-    file_stem: str,
-    next_annotation_id: int,
     paths: ShapesSplitPaths,
 ) -> Tuple[dict, List[dict], dict]:
-    """Render one scene and write its three PNGs.
+    """Render scene ``index`` of ``split`` and write its three PNGs.
 
     Returns:
-        the COCO ``images`` entry, its instance annotations (ids from ``next_annotation_id``),
-        and its panoptic annotation.
+        the COCO ``images`` entry, its instance annotations (without ``id``: those count over
+        the whole split, see :func:`_generate_split`), and its panoptic annotation.
     """
+    image_id = _FIRST_IMAGE_ID[split] + index
+    file_stem = f"{image_id:012d}"
     height, width = config.image_height, config.image_width
     scene = render_scene(
         _rng(config, _STREAM_SCENE, split, index),
@@ -161,7 +164,6 @@ def _annotate_scene(
         polygons, has_holes = mask_to_polygons(mask)
         instance_annotations.append(
             {
-                "id": next_annotation_id + len(instance_annotations),
                 "image_id": image_id,
                 "category_id": info["category_id"],
                 # Polygons cannot express holes; COCO then stores the mask as RLE.
@@ -203,18 +205,41 @@ def _write_json(obj: dict, path: str) -> None:
         json.dump(obj, f, separators=(",", ":"))
 
 
-def _generate_split(root: str, config: ShapesConfig, split: str) -> Dict[str, int]:
+def _serial_map(function: Callable, *arguments: Sequence) -> list:
+    return list(map(function, *arguments))
+
+
+def _write_classification_image(
+    config: ShapesConfig, split: str, kind: int, index: int, folder: str
+) -> None:
+    image = render_classification_image(
+        _rng(config, _STREAM_CLASSIFICATION, split, kind, index),
+        config.classification_image_size,
+        kind,
+    )
+    name = THING_CATEGORIES[kind]["name"]
+    _save_png(image, os.path.join(folder, f"{name}_{index:05d}.png"))
+
+
+def _generate_split(
+    root: str, config: ShapesConfig, split: str, parallel_map: Callable[..., list] = _serial_map
+) -> Dict[str, int]:
     paths = split_paths(root, split)
     for folder in (paths.image_root, paths.panoptic_root, paths.sem_seg_root):
         os.makedirs(folder, exist_ok=True)
+    num_images = config.num_images(split)
+    scenes = parallel_map(
+        _annotate_scene,
+        [config] * num_images,
+        [split] * num_images,
+        range(num_images),
+        [paths] * num_images,
+    )
     images, instance_annotations, panoptic_annotations = [], [], []
-    for index in range(config.num_images(split)):
-        image_id = _FIRST_IMAGE_ID[split] + index
-        image, annotations, panoptic_annotation = _annotate_scene(
-            config, split, index, image_id, f"{image_id:012d}", len(instance_annotations) + 1, paths
-        )
+    for image, annotations, panoptic_annotation in scenes:
         images.append(image)
-        instance_annotations.extend(annotations)
+        for annotation in annotations:
+            instance_annotations.append({"id": len(instance_annotations) + 1, **annotation})
         panoptic_annotations.append(panoptic_annotation)
 
     thing_categories = [
@@ -236,16 +261,20 @@ def _generate_split(root: str, config: ShapesConfig, split: str) -> Dict[str, in
     _write_json(panoptic, paths.panoptic_json)
 
     per_class = config.classification_per_class(split)
+    tasks = []
     for kind, category in enumerate(THING_CATEGORIES):
         folder = os.path.join(paths.classification_root, category["name"])
         os.makedirs(folder, exist_ok=True)
-        for index in range(per_class):
-            image = render_classification_image(
-                _rng(config, _STREAM_CLASSIFICATION, split, kind, index),
-                config.classification_image_size,
-                kind,
-            )
-            _save_png(image, os.path.join(folder, f"{category['name']}_{index:05d}.png"))
+        tasks += [(kind, index, folder) for index in range(per_class)]
+    kinds, indices, folders = zip(*tasks) if tasks else ((), (), ())
+    parallel_map(
+        _write_classification_image,
+        [config] * len(tasks),
+        [split] * len(tasks),
+        kinds,
+        indices,
+        folders,
+    )
     return {
         "images": len(images),
         "instances": len(instance_annotations),
@@ -261,14 +290,40 @@ def _manifest_identity(config: ShapesConfig) -> dict:
     }
 
 
-def generate_shapes(root: str, config: Optional[ShapesConfig] = None) -> None:
+def default_workers() -> int:
+    """Processes that render scenes: the CPUs this process may use (at most 8), or 1 inside a
+    daemonic process (such as a data loader worker), which may not start processes."""
+    if multiprocessing.current_process().daemon:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, cpus or 1))
+
+
+def generate_shapes(
+    root: str, config: Optional[ShapesConfig] = None, workers: Optional[int] = None
+) -> None:
     """Write the whole data set into ``root`` (no caching, no locking: see :func:`ensure_shapes`).
 
+    Every scene and classification image is drawn from its own seed, so the bytes written do not
+    depend on ``workers`` (processes rendering in parallel; default :func:`default_workers`).
     The manifest is written last, so a folder with a manifest is complete.
     """
     config = config or ShapesConfig()
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"generate_shapes: workers must be >= 1, got {workers}")
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    counts = {split: _generate_split(root, config, split) for split in SPLITS}
+    if workers == 1:
+        counts = {split: _generate_split(root, config, split) for split in SPLITS}
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+
+            def parallel_map(function: Callable, *arguments: Sequence) -> list:
+                # A few chunks per worker: one task per image would cost more in transfers.
+                chunksize = max(1, len(arguments[0]) // (4 * workers))
+                return list(pool.map(function, *arguments, chunksize=chunksize))
+
+            counts = {split: _generate_split(root, config, split, parallel_map) for split in SPLITS}
     write_manifest(root, {**_manifest_identity(config), "counts": counts, "categories": CATEGORIES})
 
 
@@ -278,7 +333,10 @@ def is_up_to_date(root: str, config: Optional[ShapesConfig] = None) -> bool:
 
 
 def ensure_shapes(
-    root: Optional[str] = None, config: Optional[ShapesConfig] = None, force: bool = False
+    root: Optional[str] = None,
+    config: Optional[ShapesConfig] = None,
+    force: bool = False,
+    workers: Optional[int] = None,
 ) -> str:
     """Make sure ``root`` holds the data set of ``config``, generating it if needed.
 
@@ -289,6 +347,7 @@ def ensure_shapes(
         config: generation parameters; default ``ShapesConfig()``.
         force: regenerate even if an up-to-date data set exists, and replace a folder that is
             not a shapes data set (otherwise that is an error, to never delete a user's files).
+        workers: processes that render it (see :func:`generate_shapes`).
 
     Returns:
         ``root``.
@@ -299,7 +358,7 @@ def ensure_shapes(
         root,
         _manifest_identity(config),
         # Looked up at call time, so tests can observe (monkeypatch) the generation.
-        lambda folder: generate_shapes(folder, config),
+        lambda folder: generate_shapes(folder, config, workers),
         description="shapes data set",
         force=force,
     )
@@ -316,6 +375,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--root", default=default_root(), help="output folder (default: %(default)s)"
     )
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that render scenes (default: the CPUs available, at most 8)",
+    )
     for field in dataclasses.fields(ShapesConfig):
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
@@ -328,7 +393,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(ShapesConfig)}
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    root = ensure_shapes(args.root, config, force=args.force)
+    root = ensure_shapes(args.root, config, force=args.force, workers=args.workers)
     print(json.dumps(read_manifest(root)["counts"]))
     return 0
 

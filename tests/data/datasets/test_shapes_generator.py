@@ -67,7 +67,7 @@ def _load_png(path):
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("small") / "shapes")
-    generate_shapes(root, SMALL)
+    generate_shapes(root, SMALL, workers=1)
     return root
 
 
@@ -124,6 +124,13 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(small_root, tmp_
         first[os.path.join("annotations", "panoptic_val.json")]
         != other[os.path.join("annotations", "panoptic_val.json")]
     )
+
+
+def test_parallel_generation_writes_the_same_bytes(small_root, tmp_path):
+    generate_shapes(str(tmp_path / "parallel"), SMALL, workers=3)
+    assert _tree(str(tmp_path / "parallel")) == _tree(small_root)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        generate_shapes(str(tmp_path / "none"), SMALL, workers=0)
 
 
 def test_more_training_scenes_keep_the_val_split_and_the_first_training_scenes(
@@ -315,10 +322,10 @@ def test_interrupted_generation_leaves_no_data_set(tmp_path, monkeypatch):
     root = str(tmp_path / "shapes")
     real_generate_split = shapes._generate_split
 
-    def crash_in_val(root_, config, split):
+    def crash_in_val(root_, config, split, *args):
         if split == "val":
             raise KeyboardInterrupt("killed while writing")
-        return real_generate_split(root_, config, split)
+        return real_generate_split(root_, config, split, *args)
 
     monkeypatch.setattr(shapes, "_generate_split", crash_in_val)
     with pytest.raises(KeyboardInterrupt):
@@ -389,7 +396,7 @@ def test_command_line(tmp_path):
         "--classification-train-per-class",
         "1",
     ]
-    command += ["--classification-val-per-class", "1"]
+    command += ["--classification-val-per-class", "1", "--workers", "2"]
     env = {**os.environ, "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
