@@ -107,9 +107,10 @@ run: build
 test: test-reference test-modern
 
 # The published reference model (checkpoints/shapes/clusterformer_nano_shapes_panoptic.pth): the
-# `make run` recipe 6 times longer (about 1 h on 2 cores). Resumable: run it again after an
-# interruption and it continues from its last checkpoint. Its weights are then kept in float16
-# and re-evaluated; docs/experiments/shapes_reference.md reports both (and the curves).
+# `make run` recipe for 10000 iterations, with the decoder initialisation it was trained with
+# (about 1 h on 2 cores). Resumable: run it again after an interruption and it continues from its
+# last checkpoint. Its weights are then kept in float16 and re-evaluated;
+# docs/experiments/shapes_reference.md reports both (and the curves).
 reference-model: build
 	$(PY) train_net.py --config-file $(REFERENCE_MODEL_CONFIG) --num-gpus 1 --resume \
 	  OUTPUT_DIR $(REFERENCE_MODEL_OUTPUT) MODEL.DEVICE cpu

@@ -67,8 +67,9 @@ class ClusteringTransformerDecoder(nn.Module):
         mask_dim: channels of the mask features.
         enforce_input_project: 1x1 conv on the features even when ``in_channels == hidden_dim``.
         cross_attention: ``"clustering"`` (default) or ``"masked_attention"``.
-        cross_attention_init: the cross-attentions' projection initialisation, ``"separate"``
-            (default) or ``"packed"`` (Mask2Former's; see :class:`QueryPixelAttention`).
+        cross_attention_init: the cross-attentions' projection initialisation, ``"packed"``
+            (default, Mask2Former's) or ``"separate"`` (see :class:`QueryPixelAttention`;
+            the measurement that chose the default: docs/design_choices.md).
         clustering_iterations: ``T`` shared-weight EM iterations per clustering step.
         dropout: dropout of every sub-layer.
         num_feature_levels: number of multi-scale features (3).
@@ -129,7 +130,7 @@ class ClusteringTransformerDecoder(nn.Module):
         mask_dim: int = 256,
         enforce_input_project: bool = False,
         cross_attention: str = "clustering",
-        cross_attention_init: str = "separate",
+        cross_attention_init: str = "packed",
         clustering_iterations: int = 3,
         dropout: float = 0.0,
         num_feature_levels: int = 3,
