@@ -35,6 +35,7 @@ This module needs numpy, Pillow and pycocotools only (no detectron2).
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import multiprocessing
@@ -205,20 +206,21 @@ def _write_json(obj: dict, path: str) -> None:
         json.dump(obj, f, separators=(",", ":"))
 
 
-def _serial_map(function: Callable, *arguments: Sequence) -> list:
-    return list(map(function, *arguments))
+def _serial_map(function: Callable, items: Sequence) -> list:
+    return [function(item) for item in items]
 
 
 def _write_classification_image(
-    config: ShapesConfig, split: str, kind: int, index: int, folder: str
+    config: ShapesConfig, split: str, root: str, kind_and_index: Tuple[int, int]
 ) -> None:
+    kind, index = kind_and_index
     image = render_classification_image(
         _rng(config, _STREAM_CLASSIFICATION, split, kind, index),
         config.classification_image_size,
         kind,
     )
     name = THING_CATEGORIES[kind]["name"]
-    _save_png(image, os.path.join(folder, f"{name}_{index:05d}.png"))
+    _save_png(image, os.path.join(root, name, f"{name}_{index:05d}.png"))
 
 
 def _generate_split(
@@ -227,13 +229,9 @@ def _generate_split(
     paths = split_paths(root, split)
     for folder in (paths.image_root, paths.panoptic_root, paths.sem_seg_root):
         os.makedirs(folder, exist_ok=True)
-    num_images = config.num_images(split)
     scenes = parallel_map(
-        _annotate_scene,
-        [config] * num_images,
-        [split] * num_images,
-        range(num_images),
-        [paths] * num_images,
+        functools.partial(_annotate_scene, config, split, paths=paths),
+        range(config.num_images(split)),
     )
     images, instance_annotations, panoptic_annotations = [], [], []
     for image, annotations, panoptic_annotation in scenes:
@@ -261,19 +259,11 @@ def _generate_split(
     _write_json(panoptic, paths.panoptic_json)
 
     per_class = config.classification_per_class(split)
-    tasks = []
-    for kind, category in enumerate(THING_CATEGORIES):
-        folder = os.path.join(paths.classification_root, category["name"])
-        os.makedirs(folder, exist_ok=True)
-        tasks += [(kind, index, folder) for index in range(per_class)]
-    kinds, indices, folders = zip(*tasks) if tasks else ((), (), ())
+    for category in THING_CATEGORIES:
+        os.makedirs(os.path.join(paths.classification_root, category["name"]), exist_ok=True)
     parallel_map(
-        _write_classification_image,
-        [config] * len(tasks),
-        [split] * len(tasks),
-        kinds,
-        indices,
-        folders,
+        functools.partial(_write_classification_image, config, split, paths.classification_root),
+        [(kind, index) for kind in range(len(THING_CATEGORIES)) for index in range(per_class)],
     )
     return {
         "images": len(images),
@@ -318,10 +308,10 @@ def generate_shapes(
     else:
         with ProcessPoolExecutor(workers) as pool:
 
-            def parallel_map(function: Callable, *arguments: Sequence) -> list:
+            def parallel_map(function: Callable, items: Sequence) -> list:
                 # A few chunks per worker: one task per image would cost more in transfers.
-                chunksize = max(1, len(arguments[0]) // (4 * workers))
-                return list(pool.map(function, *arguments, chunksize=chunksize))
+                chunksize = max(1, len(items) // (4 * workers))
+                return list(pool.map(function, items, chunksize=chunksize))
 
             counts = {split: _generate_split(root, config, split, parallel_map) for split in SPLITS}
     write_manifest(root, {**_manifest_identity(config), "counts": counts, "categories": CATEGORIES})
