@@ -18,6 +18,7 @@ RUN_PROCESSES ?= 2
 REFERENCE_MODEL_CONFIG ?= configs/shapes/panoptic-segmentation/clusterformer_nano_reference.yaml
 REFERENCE_MODEL_OUTPUT ?= output/shapes_panoptic_reference
 REFERENCE_MODEL_WEIGHTS ?= checkpoints/shapes/clusterformer_nano_shapes_panoptic.pth
+CONVERGENCE_CONFIG ?= configs/shapes/panoptic-segmentation/clusterformer_nano_convergence.yaml
 PYTEST_ARGS ?=
 
 export PYTHONDONTWRITEBYTECODE := 1
@@ -29,8 +30,8 @@ help:
 	@echo "make run    - set up .venv if missing, train + evaluate the shapes model, write output/"
 	@echo "make test   - set up both environments if missing, run the whole test suite"
 	@echo "make lint   - ruff check + format check"
-	@echo "make reference-model - train (resumably) and publish the reference shapes model (~1 h)"
-	@echo "make decoder-convergence SEED=n - the reference recipe with both decoders, one seed, compared (~2 h)"
+	@echo "make reference-model - train (resumably) and publish the reference shapes model (~80 min)"
+	@echo "make decoder-convergence SEED=n - the 10000-iteration recipe with both decoders, one seed, compared (~2 h)"
 
 # ---- environments -------------------------------------------------------------------------
 # An environment is (re)created when it is missing or its requirements file's content changed:
@@ -107,12 +108,12 @@ run: build
 test: test-reference test-modern
 
 # The published reference model (checkpoints/shapes/clusterformer_nano_shapes_panoptic.pth): the
-# `make run` recipe for 10000 iterations, with the decoder initialisation it was trained with
-# (about 1 h on 2 cores). Resumable: run it again after an interruption and it continues from its
-# last checkpoint. Its weights are then kept in float16 and re-evaluated;
-# docs/experiments/shapes_reference.md reports both (and the curves).
+# `make run` recipe, in the same two processes, for 12000 iterations (about 80 min on 2 cores).
+# Resumable: run it again after an interruption and it continues from its last checkpoint. Its
+# weights are then kept in float16 and re-evaluated; docs/experiments/shapes_reference.md reports
+# both (and the curves).
 reference-model: build
-	$(PY) train_net.py --config-file $(REFERENCE_MODEL_CONFIG) --num-gpus 1 --resume \
+	$(PY) train_net.py --config-file $(REFERENCE_MODEL_CONFIG) --num-gpus $(RUN_PROCESSES) --resume \
 	  OUTPUT_DIR $(REFERENCE_MODEL_OUTPUT) MODEL.DEVICE cpu
 	$(PY) tools/extract_backbone.py --all --dtype float16 \
 	  $(REFERENCE_MODEL_OUTPUT)/model_final.pth $(REFERENCE_MODEL_WEIGHTS)
@@ -122,16 +123,16 @@ reference-model: build
 	$(PY) tools/experiments/shapes_reference.py $(REFERENCE_MODEL_OUTPUT) \
 	  --weights $(REFERENCE_MODEL_WEIGHTS)
 
-# The reference recipe with each decoder, one thread each side by side (resumable), for one seed
-# (SEED=0, 1, 2, ...), compared at every evaluation; the report is the mean over every seed
-# recorded so far: docs/experiments/shapes_decoder_convergence.md.
+# The `make run` recipe for 10000 iterations (CONVERGENCE_CONFIG) with each decoder, one process of
+# one thread each side by side (resumable), for one seed (SEED=0, 1, 2, ...), compared at every
+# evaluation; the report is the mean over every seed recorded so far: docs/experiments/shapes_decoder_convergence.md.
 SEED ?= 0
 CONVERGENCE_OUTPUT = output/shapes_decoder_convergence/seed$(SEED)
 decoder-convergence: build
-	OMP_NUM_THREADS=1 $(PY) train_net.py --config-file $(REFERENCE_MODEL_CONFIG) --num-gpus 1 \
+	OMP_NUM_THREADS=1 $(PY) train_net.py --config-file $(CONVERGENCE_CONFIG) --num-gpus 1 \
 	  --resume OUTPUT_DIR $(CONVERGENCE_OUTPUT)/clustering MODEL.DEVICE cpu SEED $(SEED) \
 	  & clustering=$$!; \
-	OMP_NUM_THREADS=1 $(PY) train_net.py --config-file $(REFERENCE_MODEL_CONFIG) --num-gpus 1 \
+	OMP_NUM_THREADS=1 $(PY) train_net.py --config-file $(CONVERGENCE_CONFIG) --num-gpus 1 \
 	  --resume OUTPUT_DIR $(CONVERGENCE_OUTPUT)/masked_attention MODEL.DEVICE cpu SEED $(SEED) \
 	  MODEL.CLUSTER_DECODER.CROSS_ATTENTION masked_attention & masked=$$!; \
 	wait $$clustering && wait $$masked
