@@ -125,7 +125,8 @@ reference-model: build
 
 # The `make run` recipe for 10000 iterations (CONVERGENCE_CONFIG) with each decoder, one process of
 # one thread each side by side (resumable), for one seed (SEED=0, 1, 2, ...), compared at every
-# evaluation; the report is the mean over every seed recorded so far: docs/experiments/shapes_decoder_convergence.md.
+# evaluation; the report is the mean over every seed recorded so far:
+# docs/experiments/shapes_decoder_convergence.md.
 SEED ?= 0
 CONVERGENCE_OUTPUT = output/shapes_decoder_convergence/seed$(SEED)
 decoder-convergence: build

@@ -36,8 +36,6 @@ from tools.experiments.shapes_reference import (
 )
 
 CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano_convergence.yaml"
-# The seeds recorded before CONFIG existed name the file that held the same recipe then.
-EARLIER_CONFIG = "configs/shapes/panoptic-segmentation/clusterformer_nano_reference.yaml"
 METRICS = ["panoptic_seg/PQ", "panoptic_seg/PQ_th", "segm/AP", "bbox/AP", "sem_seg/mIoU"]
 ARMS = ("clustering", "masked_attention")
 REPORT = os.path.join(REPO, "docs", "experiments", "shapes_decoder_convergence")
@@ -226,6 +224,21 @@ def _stopped(rows: List[Dict[str, float]]) -> str:
     return f"stopped before the end of its schedule, last evaluated at iteration {last}"
 
 
+def _other_configs(by_seed: Dict) -> str:
+    """A sentence naming the seeds recorded with another config file than :data:`CONFIG` (seeds
+    recorded before it existed name the file that held this recipe then), or ``""``."""
+    seeds_of: Dict[str, List[str]] = {}
+    for seed, record in by_seed.items():
+        if record["config"] != CONFIG:
+            seeds_of.setdefault(record["config"], []).append(str(seed))
+    return "".join(
+        (f" Seeds {', '.join(seeds)} were" if len(seeds) > 1 else f" Seed {seeds[0]} was")
+        + f" recorded with {config}, which held this recipe before "
+        f"{CONFIG} existed."
+        for config, seeds in seeds_of.items()
+    )
+
+
 def markdown(report: Dict) -> str:
     seeds = report["seeds"]
     lines = [
@@ -237,8 +250,7 @@ def markdown(report: Dict) -> str:
         "iterations, learning rate ÷10 at 9000, one thread each, the two arms of a seed trained "
         "side by side by `make decoder-convergence SEED=<n>`); the masked-attention run adds "
         "`MODEL.CLUSTER_DECODER.CROSS_ATTENTION masked_attention`. Instance masks and boxes as "
-        "configured (largest connected region). Seeds recorded before that file existed name "
-        f"{EARLIER_CONFIG}, which held the same recipe until 2026-12-08.",
+        "configured (largest connected region)." + _other_configs(report["by_seed"]),
         "",
         f"## Mean over seeds {', '.join(str(s) for s in seeds)}",
         "",
@@ -275,7 +287,9 @@ def build_report(argv: Sequence[str]) -> Dict:
     if not records:
         raise ValueError(f"no seed recorded in {RUNS}: run the two-run form first")
     by_seed = {
-        seed: {k: record[k] for k in ("command", "date", "revision", "machine", "complete")}
+        seed: {
+            k: record[k] for k in ("command", "date", "revision", "machine", "config", "complete")
+        }
         | {"rows": comparison(record["curves"])}
         for seed, record in records.items()
     }

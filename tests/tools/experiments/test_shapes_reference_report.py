@@ -152,3 +152,22 @@ def test_decoder_convergence_report_needs_a_recorded_seed(convergence, capsys):
     with pytest.raises(SystemExit):
         convergence.main(["--report"])
     assert "no seed recorded" in capsys.readouterr().err
+
+
+def test_decoder_convergence_names_seeds_recorded_with_another_config(tmp_path, convergence):
+    """A seed recorded when the recipe lived in another file is named with that file; with every
+    seed on the current config the sentence is absent."""
+    for seed in (0, 1):
+        clustering = _run_dir(tmp_path, f"c{seed}", None, [10.0], seed=seed)
+        masked = _run_dir(tmp_path, f"m{seed}", "masked_attention", [12.0], seed=seed)
+        assert convergence.main([clustering, masked]) == 0
+    assert "recorded with" not in (tmp_path / "report.md").read_text()
+    record_path = tmp_path / "runs" / "seed_1.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "config": "configs/old.yaml"}))
+    assert convergence.main(["--report"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert (
+        f"Seed 1 was recorded with configs/old.yaml, which held this recipe before {convergence.CONFIG}"
+        in text
+    )
